@@ -1,0 +1,78 @@
+"""The FF dense unit (normalise the input, linear, ReLU), in float and in INT8 arithmetic.
+
+A unit holds parameters only. Its forward returns a DenseRecord: what the unit's own update
+needs (its input, kept int8 on the INT8 path, and its output) and what a chain look-ahead
+needs to pass gradients through it (its weight as used, and the input's norm).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ffint8.nn import functional as FF
+from ffint8.quant import QTensor, int8_mm_scaled, quantize
+
+
+@dataclass
+class DenseRecord:
+    """One unit's forward, kept for its update. B rows, D inputs, N units."""
+
+    h_in: torch.Tensor  # (B, D) float: the previous unit's output (or the data), before norm
+    r_in: torch.Tensor  # (B, 1) the norm that normalised h_in
+    a: torch.Tensor | None  # (B, D) float normalised input (float path only)
+    w: torch.Tensor | None  # (N, D) float weight as used in the forward (float path only)
+    a_q: QTensor | None  # (B, D) int8 normalised input and its scale (INT8 path only)
+    w_q: QTensor | None  # (N, D) int8 weight as used in the forward (INT8 path only)
+    y: torch.Tensor  # (B, N) ReLU output; zero where z <= 0, so it carries the ReLU mask
+
+
+class FFDense(nn.Module):
+    """y = relu(W norm(h) + b). W (N, D), b (N,), initialised as nn.Linear does."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward_record(
+        self,
+        h: torch.Tensor,
+        norm: FF.Norm = "rms",
+        int8: bool = False,
+        seed: int | None = None,
+        kernel: str = "auto",
+        weight_channel: bool = False,
+    ) -> DenseRecord:
+        """Forward one batch and keep what the update needs.
+
+        int8: quantise the normalised input (stochastic rounding keyed by `seed`; round to
+        nearest when seed is None, as at inference) and the weight (round to nearest, per tensor,
+        or per output unit when weight_channel) and multiply in int8 with int32 accumulation.
+        """
+        a, r = FF.normalize(h, norm)
+        w = self.weight.detach()
+        b = self.bias.detach()
+        if not int8:
+            y = torch.addmm(b, a, w.t()).relu_()
+            return DenseRecord(h, r, a, w, None, None, y)
+        a_q = quantize(a, "stochastic" if seed is not None else "nearest", seed=seed)
+        w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
+        w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
+        z = int8_mm_scaled(a_q.q, a_q.scale, w_q.q.t(), w_scale, kernel)  # (B, N) float32
+        y = z.add_(b).relu_()
+        return DenseRecord(h, r, None, None, a_q, w_q, y)

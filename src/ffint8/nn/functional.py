@@ -1,0 +1,63 @@
+"""Pure Forward-Forward functions: length normalisation, goodness, the FF loss and their gradients.
+
+Shapes: B samples (positives and negatives stacked), N units. t is 1.0 for positive samples and
+0.0 for negative ones. All functions work in any float dtype (float64 in the gradient tests).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Goodness = Literal["mean", "sum"]
+Norm = Literal["rms", "l2"]
+EPS = 1e-8
+
+
+def normalize(h: torch.Tensor, kind: Norm = "rms") -> tuple[torch.Tensor, torch.Tensor]:
+    """Length-normalise each row so no unit can pass its goodness on to the next one.
+
+    "rms": a = h / (sqrt(mean(h^2)) + eps), rows of root-mean-square 1 (Hinton's choice);
+    "l2":  a = h / (||h|| + eps), rows of unit length.
+    Returns a (B, D) and the per-row norm r (B, 1) that normalize_backward needs.
+    """
+    sq = h.square().mean(dim=1, keepdim=True) if kind == "rms" else h.square().sum(1, keepdim=True)
+    r = sq.sqrt()
+    return h / (r + EPS), r
+
+
+def normalize_backward(
+    g_a: torch.Tensor, h: torch.Tensor, r: torch.Tensor, kind: Norm = "rms"
+) -> torch.Tensor:
+    """dL/dh from dL/da for a = h / (r + eps), r = sqrt(sum(h^2) / m), m = D (rms) or 1 (l2).
+
+    da/dh = I / c - h h^T / (m r c^2) with c = r + eps; a zero row (r = 0) has h = 0, so its
+    second term vanishes and r is clamped only to avoid 0 / 0.
+    """
+    m = h.shape[1] if kind == "rms" else 1
+    c = r + EPS
+    dot = (h * g_a).sum(dim=1, keepdim=True)  # (B, 1)
+    return g_a / c - h * (dot / (m * r.clamp_min(EPS) * c * c))
+
+
+def goodness(y: torch.Tensor, kind: Goodness = "mean") -> torch.Tensor:
+    """G = mean (or sum) of squared activities per row: (B, N) -> (B,)."""
+    return y.square().mean(dim=1) if kind == "mean" else y.square().sum(dim=1)
+
+
+def goodness_grad_factor(kind: Goodness, n: int) -> float:
+    """dG/dy = factor * y."""
+    return 2.0 / n if kind == "mean" else 2.0
+
+
+def ff_loss(g_eff: torch.Tensor, t: torch.Tensor, theta: float) -> torch.Tensor:
+    """Per-sample FF loss (eqs. 1-2): softplus(theta - G) for positives, softplus(G - theta) for
+    negatives. softplus, not log(1 + exp(x)), so large goodness cannot overflow. (B,) -> (B,)."""
+    return F.softplus((1.0 - 2.0 * t) * (g_eff - theta))
+
+
+def ff_loss_grad(g_eff: torch.Tensor, t: torch.Tensor, theta: float) -> torch.Tensor:
+    """d ff_loss / dG per sample: sigmoid(G - theta) - t. (B,) -> (B,)."""
+    return torch.sigmoid(g_eff - theta) - t

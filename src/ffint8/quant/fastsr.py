@@ -1,0 +1,130 @@
+"""The fused CPU quantiser (csrc/fastquant.c): built with the system C compiler on first use.
+
+Plain PyTorch needs five or more passes over memory to quantise a tensor, and torch.rand costs a
+few ns per element, more than the int8 GEMM the result feeds at FF's batch sizes. The C kernel does
+max|x| in one pass and scale-round-store in another, with a counter-based hash as its random
+source. The shared library is cached under $XDG_CACHE_HOME/ffint8 (or ~/.cache/ffint8), keyed by
+source, machine and CPU flags. Where no compiler is found, or FFINT8_NO_CKERNEL=1 is set, every
+caller falls back to the plain PyTorch path (same distribution, different random stream).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "fastquant.c"
+_MASK32 = 0xFFFF_FFFF
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ffint8"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(out: Path) -> bool:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", str(SOURCE)]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tmp_out = Path(tmp) / out.name
+        res = subprocess.run(base + ["-o", str(tmp_out)], capture_output=True)
+        if res.returncode != 0:
+            return False
+        os.replace(tmp_out, out)  # atomic: a concurrent process sees all or nothing
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("FFINT8_NO_CKERNEL") == "1":
+        return None
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + platform.machine().encode() + _cpu_flags().encode()).hexdigest()[:16]
+    path = _cache_dir() / f"fastquant-{key}.so"
+    try:
+        if not path.exists() and not _compile(path):
+            return None
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    lib.ffq_absmax.restype = ctypes.c_float
+    lib.ffq_absmax.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    lib.ffq_quantize_nearest.restype = None
+    lib.ffq_quantize_nearest.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+    ]
+    lib.ffq_quantize_stochastic.restype = None
+    lib.ffq_quantize_stochastic.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
+        ctypes.c_uint32, ctypes.c_uint32,
+    ]
+    return lib
+
+
+def available() -> bool:
+    """True when the fused C quantiser is built and loaded on this machine."""
+    return _library() is not None
+
+
+def _usable(x: torch.Tensor) -> ctypes.CDLL | None:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+        return None
+    return _library()
+
+
+def mix64(seed: int) -> int:
+    """splitmix64 finaliser: turns consecutive seeds into unrelated 64-bit keys."""
+    z = (seed + 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
+    return z ^ (z >> 31)
+
+
+def quantize_per_tensor(
+    x: torch.Tensor, seed: int | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Fused per-tensor quantisation of a contiguous CPU float32 tensor, or None if unavailable.
+
+    seed None: round to nearest; else stochastic rounding keyed by the 64-bit seed.
+    Returns (q int8 of x's shape, scale 0-d float32). A NaN or Inf in x gives a NaN scale.
+    """
+    lib = _usable(x)
+    if lib is None:
+        return None
+    n = x.numel()
+    amax = lib.ffq_absmax(x.data_ptr(), n) if n else 0.0
+    scale = amax / 127.0 if amax > 0 else (amax if amax != amax else 1.0)  # keeps NaN
+    q = torch.empty(x.shape, dtype=torch.int8)
+    if scale != scale:  # NaN: nothing meaningful to round
+        q.zero_()
+    elif seed is None:
+        lib.ffq_quantize_nearest(x.data_ptr(), q.data_ptr(), n, 1.0 / scale)
+    else:
+        key = mix64(seed)
+        lib.ffq_quantize_stochastic(
+            x.data_ptr(), q.data_ptr(), n, 1.0 / scale, key & _MASK32, key >> 32
+        )
+    return q, torch.tensor(scale, dtype=torch.float32)

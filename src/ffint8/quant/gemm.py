@@ -1,0 +1,118 @@
+"""int8 x int8 -> int32 matrix multiply with exact integer accumulation, and its kernel choice.
+
+Kernels (all exact; they differ only in speed):
+- "int_mm": torch._int_mm, a real integer kernel (oneDNN VNNI/AMX on x86 CPUs that have them,
+  cuBLASLt IMMA on CUDA). On x86 CPUs without VNNI, PyTorch's CPU path is a slow scalar loop
+  (measured 20-30x slower than float32 on an AVX2-only EPYC), so "auto" does not pick it there.
+- "float-exact": the int8 values in float32 through the float GEMM, in K-chunks of at most
+  1040 terms, so every partial sum is an integer below 2^24 and therefore exact; chunks are summed
+  in int32. The integer result is bit-identical to int_mm; it is the fallback for CPUs with no
+  integer dot-product unit, and is reported as such, never as an int8 kernel.
+- "reference": int64 matmul; slow, for tests and odd devices.
+
+Reductions longer than MAX_EXACT_K (133,144 terms, where K * 127^2 would pass 2^31 - 1) are split
+and summed in int64, so the result is int64 there.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+
+Kernel = Literal["auto", "int_mm", "float-exact", "reference"]
+KERNELS = ("auto", "int_mm", "float-exact", "reference")
+MAX_EXACT_K = (2**31 - 1) // (127 * 127)  # 133,144 terms fit in int32
+FLOAT_EXACT_K = 2**24 // (127 * 127)  # 1,040 terms keep every float32 partial sum exact
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_int8_dot() -> bool:
+    """True if this CPU has an integer dot-product unit that oneDNN uses (VNNI, AMX, Arm dotprod)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+def resolve_kernel(kernel: Kernel, device: torch.device | str = "cpu") -> str:
+    """The concrete kernel "auto" means on this device; other names are returned unchanged."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown int8 kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
+    if kernel != "auto":
+        return kernel
+    if torch.device(device).type == "cuda" or cpu_has_int8_dot():
+        return "int_mm"
+    return "float-exact"
+
+
+def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch._int_mm with the shape rules of its CUDA kernel met by zero padding (exact)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if a.device.type == "cuda":
+        # cuBLASLt IMMA wants m > 16 and k, n multiples of 8.
+        pm, pk, pn = max(17 - m, 0), (-k) % 8, (-n) % 8
+        if pm or pk or pn:
+            a = torch.nn.functional.pad(a, (0, pk, 0, pm))
+            b = torch.nn.functional.pad(b, (0, pn, 0, pk))
+            return torch._int_mm(a, b)[:m, :n]
+    return torch._int_mm(a, b)
+
+
+def _float_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    k = a.shape[1]
+    if k <= FLOAT_EXACT_K:
+        return torch.mm(a.float(), b.float()).to(torch.int32)
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32, device=a.device)
+    for s in range(0, k, FLOAT_EXACT_K):
+        out += torch.mm(a[:, s : s + FLOAT_EXACT_K].float(), b[s : s + FLOAT_EXACT_K].float()).to(
+            torch.int32
+        )
+    return out
+
+
+def _reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.mm(a.long(), b.long()).to(torch.int32)
+
+
+_IMPL = {"int_mm": _int_mm, "float-exact": _float_exact, "reference": _reference}
+
+
+def int8_mm(a: torch.Tensor, b: torch.Tensor, kernel: Kernel = "auto") -> torch.Tensor:
+    """Exact a @ b for int8 a (M, K) and b (K, N).
+
+    Returns (M, N) int32, or int64 when K > MAX_EXACT_K (split so no int32 sum can overflow).
+    """
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise TypeError(f"int8_mm takes int8 operands, got {a.dtype} and {b.dtype}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"int8_mm shapes do not chain: {tuple(a.shape)} @ {tuple(b.shape)}")
+    impl = _IMPL[resolve_kernel(kernel, a.device)]
+    k = a.shape[1]
+    if k <= MAX_EXACT_K:
+        return impl(a, b)
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64, device=a.device)
+    for s in range(0, k, MAX_EXACT_K):
+        out += impl(a[:, s : s + MAX_EXACT_K], b[s : s + MAX_EXACT_K]).long()
+    return out
+
+
+def int8_mm_scaled(
+    a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+    kernel: Kernel = "auto",
+) -> torch.Tensor:
+    """(a * a_scale) @ (b * b_scale) as float32, from the exact integer product.
+
+    Scales are 0-d (per tensor), or (M, 1) for a and (1, N) for b (per row / per column).
+    """
+    acc = int8_mm(a, b, kernel)  # (M, N) int32 accumulator
+    return acc.float() * (a_scale * b_scale)

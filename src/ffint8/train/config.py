@@ -1,0 +1,112 @@
+"""Frozen, validated configuration of an FF run. The CLI maps flags onto these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ffint8.errors import ConfigError
+
+ALGOS = ("ff-int8", "ff-fp32")
+LOOK_AHEAD = ("none", "collab", "chain")
+GOODNESS = ("mean", "sum")
+NORMS = ("rms", "l2")
+SCHEDULES = ("simultaneous", "greedy")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"invalid {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class FFConfig:
+    """How FF units are trained: loss, look-ahead and arithmetic (PAPER.md sections 1-3)."""
+
+    algo: str = "ff-int8"
+    look_ahead: str = "collab"
+    goodness: str = "mean"
+    theta: float = 2.0
+    norm: str = "rms"
+    lambda_start: float = 0.0
+    lambda_step: float = 0.001  # added after every epoch
+    chain_depth: int | None = None  # chain: how many later units feed back (None: all)
+    schedule: str = "simultaneous"  # Algorithm 1, or greedy (unit after unit)
+    int8_kernel: str = "auto"
+    weight_channel: bool = False  # per-output-unit weight scales instead of one per tensor
+
+    def __post_init__(self) -> None:
+        _choice("--algo", self.algo, ALGOS)
+        _choice("--look-ahead", self.look_ahead, LOOK_AHEAD)
+        _choice("--goodness", self.goodness, GOODNESS)
+        _choice("--norm", self.norm, NORMS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        from ffint8.quant.gemm import KERNELS
+
+        _choice("--int8-kernel", self.int8_kernel, KERNELS)
+        if self.chain_depth is not None and self.chain_depth < 1:
+            raise ConfigError(f"--chain-depth must be at least 1, got {self.chain_depth}")
+        if self.lambda_start < 0 or self.lambda_step < 0:
+            raise ConfigError("--lambda-start and --lambda-step must be >= 0")
+
+    @property
+    def int8(self) -> bool:
+        return self.algo == "ff-int8"
+
+    def lam(self, epoch: int) -> float:
+        """lambda during 0-based epoch `epoch`: starts at lambda_start, + lambda_step per epoch."""
+        return self.lambda_start + self.lambda_step * epoch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: model, data, optimiser, budget, output."""
+
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (1000, 1000)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.001
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    eval_batch_size: int = 1000
+    threads: int | None = None
+    ff: FFConfig = FFConfig()
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("limit_train", "limit_test"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be at least 1, got {v}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["ff"] = FFConfig(**kw.get("ff", {}))
+        kw["hidden"] = tuple(kw.get("hidden", ()))
+        return cls(**kw)

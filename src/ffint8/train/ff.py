@@ -1,0 +1,126 @@
+"""One Forward-Forward update (Algorithm 1): one shared forward pass, then every unit's gradient.
+
+Look-ahead (PAPER.md section 3), with L_l the FF loss of unit l averaged over the batch:
+- none:   unit l minimises L_l.
+- collab: unit l minimises softplus(+-(G_l + lambda * sum_{j != l} stopgrad(G_j) - theta)).
+- chain:  unit l minimises L_l + lambda * sum_{l < j <= l + depth} L_j (eq. 3): gradients of later
+          losses reach W_l through units l+1..j, each later loss weighted by lambda once.
+Gradients are written in closed form (PAPER.md section 1) into each parameter's .grad; on the INT8
+path g_z (and, in chain mode, the gradient passed between units) is quantised with stochastic
+rounding and every GEMM is int8 x int8 -> int32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ffint8.nn import functional as FF
+from ffint8.nn.dense import DenseRecord, FFDense
+from ffint8.quant import int8_mm_scaled, quantize
+from ffint8.quant.fastsr import mix64
+from ffint8.train.config import FFConfig
+
+
+class SeedStream:
+    """Counter-based seeds for stochastic rounding: deterministic, cheap, resumable (one int)."""
+
+    def __init__(self, seed: int, counter: int = 0) -> None:
+        self.base = mix64(seed)
+        self.counter = counter
+
+    def next(self) -> int:
+        self.counter += 1
+        return mix64(self.base ^ self.counter)
+
+
+@dataclass
+class StepResult:
+    """Per-unit FF losses (as each unit's objective defines them) and mean goodness, float tensors."""
+
+    losses: torch.Tensor  # (L,)
+    goodness: torch.Tensor  # (L, B)
+
+
+def forward_records(
+    units: list[FFDense], x: torch.Tensor, cfg: FFConfig, seeds: SeedStream | None
+) -> list[DenseRecord]:
+    """The shared forward pass: each unit's input is the previous unit's output."""
+    records = []
+    h = x
+    for unit in units:
+        seed = seeds.next() if (cfg.int8 and seeds is not None) else None
+        rec = unit.forward_record(h, cfg.norm, cfg.int8, seed, cfg.int8_kernel, cfg.weight_channel)
+        records.append(rec)
+        h = rec.y
+    return records
+
+
+def _weight_grad(
+    g_z: torch.Tensor, rec: DenseRecord, cfg: FFConfig, seeds: SeedStream
+) -> torch.Tensor:
+    """g_W = g_z^T a: (N, B) @ (B, D) -> (N, D); int8 x int8 on the INT8 path."""
+    if not cfg.int8:
+        return g_z.t() @ rec.a
+    g_q = quantize(g_z, "stochastic", seed=seeds.next())
+    return int8_mm_scaled(g_q.q.t(), g_q.scale, rec.a_q.q, rec.a_q.scale, cfg.int8_kernel)
+
+
+def _input_grad(
+    s_z: torch.Tensor, rec: DenseRecord, cfg: FFConfig, seeds: SeedStream
+) -> torch.Tensor:
+    """dL/dh_in of one unit from dL/dz: through the linear map, then the normalisation."""
+    if cfg.int8:
+        s_q = quantize(s_z, "stochastic", seed=seeds.next())
+        g_a = int8_mm_scaled(s_q.q, s_q.scale, rec.w_q.q, rec.w_q.scale, cfg.int8_kernel)
+    else:
+        g_a = s_z @ rec.w
+    return FF.normalize_backward(g_a, rec.h_in, rec.r_in, cfg.norm)
+
+
+def ff_gradients(
+    units: list[FFDense],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cfg: FFConfig,
+    lam: float,
+    seeds: SeedStream,
+) -> StepResult:
+    """Forward x (B, D) with targets t (B,) once, then set .grad of every unit's parameters."""
+    records = forward_records(units, x, cfg, seeds)
+    n_units = len(units)
+    batch = x.shape[0]
+    goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
+    g_eff = goods
+    if cfg.look_ahead == "collab" and lam != 0.0:
+        total = torch.stack(goods).sum(0)
+        g_eff = [g + lam * (total - g) for g in goods]  # others' goodness as constants
+    losses = torch.stack([FF.ff_loss(g, t, cfg.theta).mean() for g in g_eff])
+    # Local dL_l/dz_l, with the mean over the batch folded in: (B, N) each.
+    local = []
+    for rec, g in zip(records, g_eff):
+        d_g = FF.ff_loss_grad(g, t, cfg.theta) / batch
+        factor = FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
+        local.append((d_g * factor).unsqueeze(1) * rec.y)
+
+    chain = cfg.look_ahead == "chain" and lam != 0.0
+    depth = n_units if cfg.chain_depth is None else cfg.chain_depth
+    # Chain: signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l.
+    signals: dict[int, torch.Tensor] = {}
+    for l in range(n_units - 1, -1, -1):
+        rec, unit = records[l], units[l]
+        mask = rec.y > 0
+        g_z = local[l]
+        if chain and signals:
+            from_later = torch.stack(list(signals.values())).sum(0) * mask
+            g_z = g_z + lam * from_later
+        unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
+        unit.bias.grad = g_z.sum(0)
+        if not chain or l == 0:
+            continue
+        # Pass each loss that still reaches unit l-1 (j <= l-1 + depth) down through unit l.
+        live = {j: s * mask for j, s in signals.items() if j <= l - 1 + depth}
+        live[l] = local[l]
+        signals = {j: _input_grad(s, rec, cfg, seeds) for j, s in live.items()}
+    return StepResult(losses.detach(), torch.stack(goods).detach())
