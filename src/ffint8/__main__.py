@@ -1,0 +1,5 @@
+import sys
+
+from ffint8.cli import main
+
+sys.exit(main())

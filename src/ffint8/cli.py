@@ -1,0 +1,110 @@
+"""The command line: `ffint8 train` and `ffint8 eval`. User errors print one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ffint8 import __version__
+from ffint8.data import DATASETS
+from ffint8.errors import DivergenceError, FFInt8Error
+from ffint8.quant.gemm import KERNELS
+from ffint8.train.config import (ALGOS, GOODNESS, LOOK_AHEAD, NORMS, OPTIMIZERS, SCHEDULES,
+                                 FFConfig, TrainConfig)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ffint8", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ffint8 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (FF-INT8 MLP on Fashion-MNIST by default)")
+    d = TrainConfig()
+    f = FFConfig()
+    g = t.add_argument_group("model and data")
+    g.add_argument("--model", default=d.model, help="registered model name (default %(default)s)")
+    g.add_argument("--hidden", type=_int_list, default=d.hidden,
+                   help="MLP hidden widths, comma-separated (default 1000,1000)")
+    g.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)}")
+    g.add_argument("--data-dir", default=None, help="directory with the data set's files")
+    g.add_argument("--limit-train", type=int, default=None, help="use the first N training samples")
+    g.add_argument("--limit-test", type=int, default=None, help="use the first N test samples")
+    g = t.add_argument_group("algorithm")
+    g.add_argument("--algo", default=f.algo, help=f"one of {', '.join(ALGOS)}")
+    g.add_argument("--look-ahead", default=f.look_ahead, help=f"one of {', '.join(LOOK_AHEAD)}")
+    g.add_argument("--chain-depth", type=int, default=None, help="chain: later units that feed back")
+    g.add_argument("--lambda-start", type=float, default=f.lambda_start)
+    g.add_argument("--lambda-step", type=float, default=f.lambda_step, help="added every epoch")
+    g.add_argument("--goodness", default=f.goodness, help=f"one of {', '.join(GOODNESS)}")
+    g.add_argument("--theta", type=float, default=f.theta)
+    g.add_argument("--norm", default=f.norm, help=f"one of {', '.join(NORMS)}")
+    g.add_argument("--schedule", default=f.schedule, help=f"one of {', '.join(SCHEDULES)}")
+    g.add_argument("--int8-kernel", default=f.int8_kernel, help=f"one of {', '.join(KERNELS)}")
+    g.add_argument("--weight-per-channel", action="store_true", help="one weight scale per unit")
+    g = t.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g = t.add_argument_group("output")
+    g.add_argument("--out", default="runs/latest", help="run directory (default %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="test accuracy of a saved model")
+    e.add_argument("--checkpoint", required=True, help="a model.pt written by `ffint8 train`")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--dataset", default=None, help="default: the one it was trained on")
+    e.add_argument("--limit-test", type=int, default=None)
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    ff = FFConfig(algo=a.algo, look_ahead=a.look_ahead, goodness=a.goodness, theta=a.theta,
+                  norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
+                  chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
+                  weight_channel=a.weight_per_channel)
+    return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
+                       epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
+                       weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
+                       limit_test=a.limit_test, threads=a.threads, ff=ff)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from ffint8.train.run import run_training
+
+            m = run_training(config_from_args(args), args.out, progress=not args.no_progress)
+            print(f"test accuracy {100 * m['test_accuracy']:.2f}%, training "
+                  f"{m['train_seconds']:.1f}s; wrote {args.out}/metrics.json and model.pt")
+        elif args.command == "eval":
+            from ffint8.train.run import evaluate_checkpoint
+
+            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_dir, args.dataset,
+                                                 args.limit_test), indent=2))
+    except DivergenceError as exc:
+        print(f"ffint8: error: {exc}", file=sys.stderr)
+        return 3
+    except FFInt8Error as exc:
+        print(f"ffint8: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ffint8: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

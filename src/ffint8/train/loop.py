@@ -1,0 +1,147 @@
+"""The FF training loop: batches, positives and negatives, the lambda schedule, evaluation."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from ffint8.data import embed_label, sample_negative_labels
+from ffint8.errors import DivergenceError
+from ffint8.nn import functional as FF
+from ffint8.train.config import TrainConfig
+from ffint8.train.ff import SeedStream, ff_gradients, forward_records
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    test_accuracy: float | None
+    seconds: float  # training time of the epoch, evaluation excluded
+    lam: float
+    unit: int | None = None  # greedy schedule: the unit trained in this epoch
+
+    def to_dict(self) -> dict:
+        d = {"epoch": self.epoch, "train_loss": self.train_loss,
+             "test_accuracy": self.test_accuracy, "seconds": self.seconds, "lambda": self.lam}
+        if self.unit is not None:
+            d["unit"] = self.unit
+        return d
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    # fused Adam: one kernel over all parameters, several times faster than the for-each loop
+    # at FF's small batches, where the optimiser weighs as much as the GEMMs.
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class FFTrainer:
+    """Trains the FF units of `model` with the settings of `cfg`; holds all mutable run state."""
+
+    model: torch.nn.Module
+    cfg: TrainConfig
+    num_classes: int
+    epoch: int = 0
+    history: list[EpochLog] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.units = list(self.model.units)
+        self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling, negatives
+        self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
+
+    def _batch(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positives then negatives (B, D) each, stacked to (2B, D); targets (2B,)."""
+        b = xb.shape[0]
+        neg = sample_negative_labels(yb, self.num_classes, self.generator)
+        x = torch.empty(2 * b, xb.shape[1], dtype=xb.dtype)
+        embed_label(xb, yb, self.num_classes, out=x[:b])
+        embed_label(xb, neg, self.num_classes, out=x[b:])
+        t = torch.cat([torch.ones(b, dtype=xb.dtype), torch.zeros(b, dtype=xb.dtype)])
+        return x, t
+
+    def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
+                    unit: int | None = None, progress: bool = False) -> tuple[float, float]:
+        """One pass over the data. unit: greedy schedule, train only units[unit] (and forward
+        through the ones below it). Returns (mean summed loss per step, seconds)."""
+        ff = self.cfg.ff
+        lam = ff.lam(self.epoch) if ff.look_ahead != "none" else 0.0
+        units = self.units if unit is None else self.units[: unit + 1]
+        n = x_train.shape[0]
+        bs = self.cfg.batch_size
+        perm = torch.randperm(n, generator=self.generator)
+        steps = range(0, n, bs)
+        bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
+                   disable=not (progress and sys.stderr.isatty()))
+        total = torch.zeros(())
+        start = time.perf_counter()
+        for step, i in enumerate(bar):
+            idx = perm[i : i + bs]
+            x, t = self._batch(x_train[idx], y_train[idx])
+            res = ff_gradients(units, x, t, ff, lam, self.seeds)
+            if not bool(torch.isfinite(res.losses).all()):
+                bad = int((~torch.isfinite(res.losses)).nonzero()[0])
+                raise DivergenceError(
+                    f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the loss of "
+                    f"unit {bad + 1} is "
+                    f"{res.losses[bad].item()}; try a smaller --lr")
+            if unit is not None:
+                for u in self.units[:unit]:
+                    u.weight.grad = u.bias.grad = None  # greedy: lower units are frozen
+            self.optimizer.step()
+            total += res.losses.sum()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{res.losses.sum().item():.4f}")
+        seconds = time.perf_counter() - start
+        bar.close()
+        return total.item() / len(steps), seconds
+
+    @torch.no_grad()
+    def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Goodness summed over units for every label: (B, D) images -> (B, C) scores.
+
+        One forward of (C * B) rows with each label embedded in turn; INT8 inference rounds to
+        nearest (no stochastic rounding)."""
+        b, c = x.shape[0], self.num_classes
+        labels = torch.arange(c).repeat_interleave(b)
+        xs = embed_label(x.repeat(c, 1), labels, c)
+        records = forward_records(self.units, xs, self.cfg.ff, seeds=None)
+        total = sum(FF.goodness(r.y, self.cfg.ff.goodness) for r in records)  # (C * B,)
+        return total.reshape(c, b).t()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        correct = 0
+        bs = self.cfg.eval_batch_size
+        for i in range(0, x.shape[0], bs):
+            scores = self.predict_scores(x[i : i + bs])
+            correct += int((scores.argmax(1) == y[i : i + bs]).sum())
+        return correct / x.shape[0]
+
+    def fit(self, x_train, y_train, x_test, y_test, progress: bool = False,
+            on_epoch=None) -> list[EpochLog]:
+        """Train for cfg.epochs epochs (each unit in turn for the greedy schedule)."""
+        plan = [None] * self.cfg.epochs
+        if self.cfg.ff.schedule == "greedy":
+            plan = [u for u in range(len(self.units)) for _ in range(self.cfg.epochs)]
+        while self.epoch < len(plan):
+            unit = plan[self.epoch]
+            lam = self.cfg.ff.lam(self.epoch)
+            loss, seconds = self.train_epoch(x_train, y_train, unit, progress)
+            acc = self.evaluate(x_test, y_test) if x_test is not None else None
+            log = EpochLog(self.epoch + 1, loss, acc, seconds, lam, unit)
+            self.history.append(log)
+            self.epoch += 1
+            if on_epoch is not None:
+                on_epoch(log)
+        return self.history

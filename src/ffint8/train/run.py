@@ -1,0 +1,133 @@
+"""A whole run: data, model, training, metrics.json and model.pt; and evaluating a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ffint8 import __version__
+from ffint8.data import load_dataset, to_float_images
+from ffint8.errors import CheckpointError, FFInt8Error
+from ffint8.models import create_model
+from ffint8.quant import fastsr
+from ffint8.quant.gemm import cpu_has_int8_dot, resolve_kernel
+from ffint8.train.config import TrainConfig
+from ffint8.train.loop import EpochLog, FFTrainer
+
+CHECKPOINT_FORMAT = "ffint8-checkpoint"
+
+
+def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
+    """Which arithmetic ran, in words for metrics.json: the GEMM kernel and the quantiser."""
+    if not cfg.ff.int8:
+        return "float32"
+    gemm = resolve_kernel(cfg.ff.int8_kernel, device)
+    if gemm == "float-exact":
+        why = "no int8 dot-product unit on this CPU" if not cpu_has_int8_dot() else "requested"
+        gemm = f"float-exact (exact int32 results from float32 GEMM; {why})"
+    quantiser = "fused C stochastic rounding" if fastsr.available() else "torch stochastic rounding"
+    return f"{gemm}; {quantiser}"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
+                    in_features: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "ffint8": __version__,
+                "config": cfg.to_dict(), "num_classes": num_classes,
+                "in_features": in_features, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """Rebuild the model of a checkpoint; clear CheckpointErrors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an ffint8 checkpoint")
+    cfg = TrainConfig.from_dict(blob["config"])
+    model = create_model(cfg.model, in_features=blob["in_features"], hidden=cfg.hidden,
+                         num_classes=blob["num_classes"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit model {cfg.model!r}: {first}") from None
+    return model, cfg, blob
+
+
+def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
+                 log: Callable[[str], None] = print) -> dict:
+    """Train as cfg says; write out_dir/metrics.json and out_dir/model.pt; return the metrics."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FFInt8Error(f"--out {out}: cannot create the directory ({exc.strerror})") from None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, seed=cfg.seed)
+    x_train, x_test = to_float_images(data.train.images), to_float_images(data.test.images)
+    in_features = x_train.shape[1]
+    model = create_model(cfg.model, in_features=in_features, hidden=cfg.hidden,
+                         num_classes=data.num_classes)
+    trainer = FFTrainer(model, cfg, data.num_classes)
+    kernel = kernel_description(cfg)
+    log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "
+        f"test, look-ahead {cfg.ff.look_ahead}, kernel {kernel}")
+
+    def report(e: EpochLog) -> None:
+        log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy "
+            f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s  lambda {e.lam:.4f}")
+
+    started = time.time()
+    trainer.fit(x_train, data.train.labels, x_test, data.test.labels, progress, report)
+    metrics = {
+        "model": cfg.model, "dataset": data.name, "algo": cfg.ff.algo,
+        "look_ahead": cfg.ff.look_ahead,
+        "epochs": [e.to_dict() for e in trainer.history],
+        "test_accuracy": trainer.history[-1].test_accuracy,
+        "train_seconds": sum(e.seconds for e in trainer.history),
+        "wall_seconds": time.time() - started,
+        "kernel": kernel, "config": cfg.to_dict(),
+        "environment": {"ffint8": __version__, "torch": torch.__version__,
+                        "python": platform.python_version(), "machine": platform.machine(),
+                        "threads": torch.get_num_threads()},
+    }
+    save_checkpoint(out / "model.pt", model, cfg, data.num_classes, in_features)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
+                        dataset: str | None = None, limit_test: int | None = None) -> dict:
+    """Test accuracy of a saved model on its data set (or another of the same input size)."""
+    model, cfg, blob = load_checkpoint(path)
+    name = dataset or cfg.dataset
+    data = load_dataset(name, data_dir if data_dir is not None else cfg.data_dir,
+                        limit_test=limit_test, seed=cfg.seed)
+    x_test = to_float_images(data.test.images)
+    if x_test.shape[1] != blob["in_features"]:
+        raise CheckpointError(f"{path}: model takes {blob['in_features']} inputs but {name} "
+                              f"images have {x_test.shape[1]}")
+    trainer = FFTrainer(model, cfg, blob["num_classes"])
+    acc = trainer.evaluate(x_test, data.test.labels)
+    return {"checkpoint": str(path), "model": cfg.model, "algo": cfg.ff.algo, "dataset": name,
+            "test_samples": len(data.test), "test_accuracy": acc}
