@@ -156,7 +156,8 @@ def make_synthetic(
     """Build a small, deterministic, learnable image set with no files.
 
     Each class has a fixed random binary prototype (about a quarter of the pixels
-    lit); a sample is its class prototype at a random brightness plus Gaussian noise.
+    lit); a sample is its class prototype at a random brightness, with Gaussian noise on the
+    lit pixels only: the background stays dark, as in MNIST, so an embedded label stands out.
     Labels are balanced (every class appears when N >= num_classes) and shuffled.
 
     Returns:
@@ -176,7 +177,7 @@ def _synthetic_split(prototypes: torch.Tensor, count: int, generator: torch.Gene
     labels = torch.arange(count, dtype=torch.int64)[order] % num_classes
     brightness = 150.0 + 100.0 * torch.rand((count, 1, 1), generator=generator)
     noise = 40.0 * torch.randn((count, *prototypes.shape[1:]), generator=generator)
-    pixels = prototypes[labels] * brightness + 20.0 + noise
+    pixels = prototypes[labels] * (brightness + noise)
     images = pixels.round().clamp(0, 255).to(torch.uint8)
     return Split(images=images, labels=labels)
 

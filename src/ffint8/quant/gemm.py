@@ -87,15 +87,19 @@ def _reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 _IMPL = {"int_mm": _int_mm, "float-exact": _float_exact, "reference": _reference}
 
 
+def _check_operands(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise TypeError(f"int8_mm takes int8 operands, got {a.dtype} and {b.dtype}")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"int8_mm shapes do not chain: {tuple(a.shape)} @ {tuple(b.shape)}")
+
+
 def int8_mm(a: torch.Tensor, b: torch.Tensor, kernel: Kernel = "auto") -> torch.Tensor:
     """Exact a @ b for int8 a (M, K) and b (K, N).
 
     Returns (M, N) int32, or int64 when K > MAX_EXACT_K (split so no int32 sum can overflow).
     """
-    if a.dtype != torch.int8 or b.dtype != torch.int8:
-        raise TypeError(f"int8_mm takes int8 operands, got {a.dtype} and {b.dtype}")
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"int8_mm shapes do not chain: {tuple(a.shape)} @ {tuple(b.shape)}")
+    _check_operands(a, b)
     impl = _IMPL[resolve_kernel(kernel, a.device)]
     k = a.shape[1]
     if k <= MAX_EXACT_K:
@@ -114,5 +118,9 @@ def int8_mm_scaled(
 
     Scales are 0-d (per tensor), or (M, 1) for a and (1, N) for b (per row / per column).
     """
+    if resolve_kernel(kernel, a.device) == "float-exact" and a.shape[1] <= FLOAT_EXACT_K:
+        # The float32 product already holds the exact integer accumulator: no int32 round trip.
+        _check_operands(a, b)
+        return torch.mm(a.float(), b.float()).mul_(a_scale * b_scale)
     acc = int8_mm(a, b, kernel)  # (M, N) int32 accumulator
-    return acc.float() * (a_scale * b_scale)
+    return acc.float().mul_(a_scale * b_scale)

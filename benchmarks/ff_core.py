@@ -1,0 +1,120 @@
+"""Figures of the FF-INT8 core (issue: accuracy curves, int8 vs fp32 accuracy and speed).
+
+    python benchmarks/ff_core.py accuracy [--epochs 10] [--looks none,collab,chain]
+    python benchmarks/ff_core.py speed [--batch-sizes 32,256] [--rounds 3] [--limit-train 8000]
+    python benchmarks/ff_core.py smoke
+
+accuracy: full Fashion-MNIST; for each look-ahead mode trains ff-int8 and ff-fp32 with the same
+          seed and prints test accuracy per epoch side by side, and the int8 - fp32 gap.
+speed:    ff-int8 and ff-fp32 trainers on the same data, epochs run alternately in one process
+          (so machine noise hits both alike); prints seconds per epoch and the int8/fp32 ratio.
+smoke:    wall time of `ffint8 train --epochs 1 --limit-train 5000` in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ffint8.data import load_dataset, to_float_images
+from ffint8.models import create_model
+from ffint8.train.config import FFConfig, TrainConfig
+from ffint8.train.loop import FFTrainer
+from ffint8.train.run import kernel_description, run_training
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    results = {}
+    for look in args.looks.split(","):
+        for algo in args.algos.split(","):
+            cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              seed=args.seed, ff=FFConfig(algo=algo, look_ahead=look,
+                                                          lambda_step=args.lambda_step))
+            with tempfile.TemporaryDirectory() as tmp:
+                m = run_training(cfg, tmp, progress=False, log=lambda s: print("  " + s))
+            results[(look, algo)] = m
+            print(f"{algo:8s} {look:7s} final {100 * m['test_accuracy']:.2f}% "
+                  f"train {m['train_seconds']:.0f}s", flush=True)
+    print("\ntest accuracy (%) per epoch, full Fashion-MNIST, batch", args.batch_size)
+    keys = list(results)
+    print("epoch " + " ".join(f"{a}/{l:>7s}"[:18].rjust(18) for l, a in keys))
+    for e in range(args.epochs):
+        row = [100 * results[k]["epochs"][e]["test_accuracy"] for k in keys]
+        print(f"{e + 1:5d} " + " ".join(f"{v:18.2f}" for v in row))
+    print("\nint8 - fp32 gap at the last epoch (points):")
+    for look in args.looks.split(","):
+        if (look, "ff-int8") in results and (look, "ff-fp32") in results:
+            gap = results[(look, "ff-int8")]["test_accuracy"] - results[(look, "ff-fp32")]["test_accuracy"]
+            print(f"  {look:7s} {100 * gap:+.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{a}/{l}": m for (l, a), m in results.items()},
+                                              indent=1))
+
+
+def speed(args: argparse.Namespace) -> None:
+    data = load_dataset("fashion-mnist", limit_train=args.limit_train, limit_test=1)
+    x, y = to_float_images(data.train.images), data.train.labels
+    torch.set_num_threads(args.threads)
+    print(f"{args.limit_train} samples per epoch, {args.threads} threads, look-ahead {args.look}")
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        trainers = {}
+        for algo in ("ff-int8", "ff-fp32"):
+            cfg = TrainConfig(batch_size=bs, seed=0, ff=FFConfig(algo=algo, look_ahead=args.look,
+                                                                 lambda_start=0.01))
+            torch.manual_seed(0)
+            trainers[algo] = FFTrainer(create_model("mlp"), cfg, 10)
+            trainers[algo].train_epoch(x[: 8 * bs], y[: 8 * bs])  # warm-up
+        times = {a: [] for a in trainers}
+        for _ in range(args.rounds):
+            for algo, tr in trainers.items():
+                times[algo].append(tr.train_epoch(x, y)[1])
+        med = {a: statistics.median(v) for a, v in times.items()}
+        kernel = kernel_description(trainers["ff-int8"].cfg)
+        print(f"batch {bs:4d}: ff-int8 {med['ff-int8']:.2f}s/epoch, ff-fp32 "
+              f"{med['ff-fp32']:.2f}s/epoch, ratio int8/fp32 {med['ff-int8'] / med['ff-fp32']:.2f}"
+              f"  (medians of {args.rounds} alternating epochs; int8 kernel: {kernel})", flush=True)
+
+
+def smoke(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "ffint8", "train", "--epochs", "1", "--limit-train", "5000",
+               "--out", tmp, "--no-progress"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        print(f"`ffint8 train --epochs 1 --limit-train 5000`: {time.perf_counter() - start:.1f}s "
+              "wall, process start and evaluation on the full test set included")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--epochs", type=int, default=10)
+    a.add_argument("--looks", default="none,collab,chain")
+    a.add_argument("--algos", default="ff-int8,ff-fp32")
+    a.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    a.add_argument("--lr", type=float, default=TrainConfig.lr)
+    a.add_argument("--lambda-step", type=float, default=FFConfig.lambda_step)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", default=None, help="also write all metrics to this file")
+    s = sub.add_parser("speed")
+    s.add_argument("--batch-sizes", default="32,256")
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--limit-train", type=int, default=8000)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--look", default="collab")
+    sub.add_parser("smoke")
+    args = p.parse_args()
+    {"accuracy": accuracy, "speed": speed, "smoke": smoke}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

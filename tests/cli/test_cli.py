@@ -1,0 +1,109 @@
+"""The command line end to end on the synthetic set and on small IDX files the tests write."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ffint8.cli import main
+from ffint8.data import write_idx
+
+SMALL = ["--dataset", "synthetic", "--hidden", "64,64", "--limit-train", "1000",
+         "--limit-test", "100", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.mark.parametrize("algo,look", [("ff-int8", "collab"), ("ff-fp32", "chain")])
+def test_train_writes_metrics_and_checkpoint(tmp_path, algo, look, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", *SMALL, "--epochs", "2", "--algo", algo, "--look-ahead", look,
+               "--lambda-start", "0.1", "--lr", "0.003", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("model", "dataset", "algo", "look_ahead", "epochs", "test_accuracy",
+                "train_seconds", "kernel"):
+        assert key in m
+    assert m["algo"] == algo and m["look_ahead"] == look and m["dataset"] == "synthetic"
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]
+    assert set(m["epochs"][0]) >= {"epoch", "train_loss", "test_accuracy", "seconds"}
+    assert m["test_accuracy"] > 0.5  # the synthetic set is easy; chance is 0.1
+    assert (m["kernel"] == "float32") == (algo == "ff-fp32")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "model.pt")]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["test_accuracy"] == pytest.approx(m["test_accuracy"])
+
+
+def _error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--algo", "bp-magic"], "--algo"),
+    (["--look-ahead", "sideways"], "--look-ahead"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "-1"], "--lr"),
+    (["--chain-depth", "0"], "--chain-depth"),
+])
+def test_bad_flags_give_one_line_errors(tmp_path, capsys, flags, needle):
+    rc, err = _error(capsys, ["train", *SMALL, *flags, "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert needle in err and err.count("\n") == 1
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    rc, err = _error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(missing),
+                              "--out", str(tmp_path / "r")])
+    assert rc == 2 and str(missing) in err
+
+
+def test_corrupt_data_file(tmp_path, capsys):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte", torch.zeros(10, 28, 28, dtype=torch.uint8))
+    write_idx(d / "train-labels-idx1-ubyte", torch.zeros(10, dtype=torch.uint8))
+    write_idx(d / "t10k-images-idx3-ubyte", torch.zeros(5, 28, 28, dtype=torch.uint8))
+    bad = d / "t10k-labels-idx1-ubyte"
+    write_idx(bad, torch.zeros(5, dtype=torch.uint8))
+    bad.write_bytes(bad.read_bytes()[:-2])  # truncated
+    rc, err = _error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(d),
+                              "--out", str(tmp_path / "r")])
+    assert rc == 2 and str(bad) in err and "truncated" in err
+
+
+def test_eval_rejects_foreign_and_mismatched_checkpoints(tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    rc, err = _error(capsys, ["eval", "--checkpoint", str(junk)])
+    assert rc == 2 and str(junk) in err
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    rc, err = _error(capsys, ["eval", "--checkpoint", str(other)])
+    assert rc == 2 and "not an ffint8 checkpoint" in err
+    rc, err = _error(capsys, ["eval", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert rc == 2 and "not found" in err
+
+
+def test_checkpoint_of_another_shape(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    blob = torch.load(out / "model.pt", weights_only=True)
+    blob["config"]["hidden"] = [32, 32]  # says one model, holds another's weights
+    torch.save(blob, out / "model.pt")
+    rc, err = _error(capsys, ["eval", "--checkpoint", str(out / "model.pt")])
+    assert rc == 2 and "do not fit" in err
+
+
+def test_module_entry_point_and_no_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ffint8", "train", "--model", "nope",
+                          "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "unknown model" in res.stderr and "Traceback" not in res.stderr

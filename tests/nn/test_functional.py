@@ -1,0 +1,64 @@
+"""Pure FF functions against autograd and their definitions."""
+
+import pytest
+import torch
+
+from ffint8.nn import functional as FF
+
+
+@pytest.mark.parametrize("kind", ["rms", "l2"])
+def test_normalize_scale(kind):
+    h = torch.rand(5, 12, dtype=torch.float64) * 7
+    a, r = FF.normalize(h, kind)
+    target = torch.ones(5, dtype=torch.float64)
+    got = a.square().mean(1) if kind == "rms" else a.square().sum(1)
+    torch.testing.assert_close(got, target)
+    assert r.shape == (5, 1)
+
+
+@pytest.mark.parametrize("kind", ["rms", "l2"])
+def test_normalize_backward_matches_autograd(kind):
+    h = torch.randn(6, 9, dtype=torch.float64).relu().requires_grad_()
+    g = torch.randn(6, 9, dtype=torch.float64)
+    a, r = FF.normalize(h, kind)
+    (want,) = torch.autograd.grad((a * g).sum(), h)
+    got = FF.normalize_backward(g, h.detach(), r.detach(), kind)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_normalize_backward_dead_row_is_finite():
+    """A row of zeros (a dead ReLU layer) has no defined gradient of its norm; no NaN either."""
+    h = torch.zeros(2, 5, dtype=torch.float64)
+    _, r = FF.normalize(h)
+    got = FF.normalize_backward(torch.ones(2, 5, dtype=torch.float64), h, r)
+    assert torch.isfinite(got).all()
+
+
+def test_goodness_and_loss_gradient():
+    y = torch.rand(4, 10, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    for kind in ("mean", "sum"):
+        g = FF.goodness(y, kind)
+        loss = FF.ff_loss(g, t, 2.0).sum()
+        (want,) = torch.autograd.grad(loss, y)
+        got = FF.ff_loss_grad(g.detach(), t, 2.0).unsqueeze(1) * (
+            FF.goodness_grad_factor(kind, 10) * y.detach())
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_loss_does_not_overflow():
+    g = torch.tensor([1e6, -1e6, 1e6, -1e6])
+    t = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    loss = FF.ff_loss(g, t, 2.0)
+    assert torch.isfinite(loss).all()
+    # a positive with huge goodness and a negative with very negative goodness cost nothing
+    assert loss[0] == 0 and loss[3] == 0
+    assert loss[1] > 1e5 and loss[2] > 1e5
+
+
+def test_loss_values_match_definition():
+    g = torch.tensor([2.5, 1.0])
+    pos = FF.ff_loss(g, torch.ones(2), 2.0)
+    neg = FF.ff_loss(g, torch.zeros(2), 2.0)
+    torch.testing.assert_close(pos, torch.log1p(torch.exp(-(g - 2.0))))
+    torch.testing.assert_close(neg, torch.log1p(torch.exp(g - 2.0)))

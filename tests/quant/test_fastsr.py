@@ -1,0 +1,300 @@
+"""The fused C quantiser (ffint8.quant.fastsr and csrc/fastquant.c)."""
+
+import ctypes
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+from ffint8.quant import fastsr
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on PATH")
+
+needs_lib = pytest.mark.skipif(
+    os.environ.get("FFINT8_NO_CKERNEL") == "1", reason="FFINT8_NO_CKERNEL=1 disables the kernel"
+)
+
+
+def _lib():
+    lib = fastsr._library()
+    assert lib is not None
+    return lib
+
+
+def _absmax(x):
+    return _lib().ffq_absmax(x.data_ptr(), x.numel())
+
+
+@needs_lib
+def test_available_with_a_compiler():
+    assert fastsr.available() is True
+
+
+# --------------------------------------------------------------------------------------------
+# inputs the fused kernel does not take
+
+
+@needs_lib
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: torch.randn(6, 5).t(), id="transposed"),
+        pytest.param(lambda: torch.randn(40)[::2], id="strided"),
+        pytest.param(lambda: torch.randn(4, 6)[:, 1:4], id="column-slice"),
+        pytest.param(lambda: torch.randn(30, dtype=torch.float64), id="float64"),
+        pytest.param(lambda: torch.randn(30).half(), id="float16"),
+        pytest.param(lambda: torch.randn(30).bfloat16(), id="bfloat16"),
+        pytest.param(lambda: torch.empty(30, device="meta"), id="meta-device"),
+    ],
+)
+@pytest.mark.parametrize("seed", (None, 3))
+def test_quantize_per_tensor_declines(make, seed):
+    x = make()
+    assert fastsr.quantize_per_tensor(x, seed) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quantize_per_tensor_declines_cuda():
+    assert fastsr.quantize_per_tensor(torch.randn(30, device="cuda"), None) is None
+
+
+@needs_lib
+@pytest.mark.parametrize("seed", (None, 1))
+def test_quantize_per_tensor_contiguous_float32_accepted(seed):
+    x = torch.randn(6, 5)
+    out = fastsr.quantize_per_tensor(x, seed)
+    assert out is not None
+    q, scale = out
+    assert q.dtype == torch.int8 and q.shape == x.shape
+    assert scale.dtype == torch.float32 and scale.shape == ()
+
+
+@needs_lib
+@pytest.mark.parametrize("seed", (None, 4))
+def test_quantize_per_tensor_empty(seed):
+    q, scale = fastsr.quantize_per_tensor(torch.empty(0, 3), seed)
+    assert q.shape == (0, 3) and q.dtype == torch.int8
+    assert scale.item() == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# NaN and Inf
+
+
+@needs_lib
+@pytest.mark.parametrize("bad", (float("nan"), -float("nan"), float("inf"), -float("inf")))
+@pytest.mark.parametrize("n", (1, 7, 8, 9, 33, 1000))
+@pytest.mark.parametrize("where", ("first", "middle", "last"))
+@pytest.mark.parametrize("seed", (None, 11))
+def test_nan_or_inf_gives_nan_scale(bad, n, where, seed):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    i = {"first": 0, "middle": n // 2, "last": n - 1}[where]
+    x[i] = bad
+    q, scale = fastsr.quantize_per_tensor(x, seed)
+    assert math.isnan(scale.item())
+    assert q.shape == x.shape
+    assert math.isnan(_absmax(x))
+
+
+@needs_lib
+def test_nan_scale_through_quantize():
+    from ffint8.quant import quantize
+
+    x = torch.randn(5, 17)
+    x[3, 16] = float("inf")
+    assert math.isnan(quantize(x).scale.item())
+    assert math.isnan(quantize(x, "stochastic", seed=0).scale.item())
+
+
+# --------------------------------------------------------------------------------------------
+# absmax
+
+
+SIZES = (1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 1000, 1023, 4097, 65_537)
+
+
+@needs_lib
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("where", ("random", "first", "last"))
+@pytest.mark.parametrize("sign", (1.0, -1.0))
+def test_absmax_exact(n, where, sign):
+    g = torch.Generator().manual_seed(n * 3 + (where == "last"))
+    x = torch.randn(n, generator=g)
+    if where != "random":
+        i = 0 if where == "first" else n - 1
+        x[i] = sign * (x.abs().max() + 0.5)
+    elif sign < 0:
+        x = -x.abs()
+    expected = x.abs().max().item()
+    assert _absmax(x) == expected
+    _, scale = fastsr.quantize_per_tensor(x, None)
+    assert torch.equal(scale, (x.double().abs().max() / 127).float())
+
+
+@needs_lib
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0],
+        [-0.0, -0.0, -0.0],
+        [1e-45, -3e-45, 0.0],  # subnormals
+        [3.4e38, -3.4028235e38, 1.0],  # near the largest float32
+        [-1.0, 1.0, -1.0],
+        [2.0**-126, -2.0**-127],
+    ],
+)
+def test_absmax_edge_values(values):
+    x = torch.tensor(values, dtype=torch.float32)
+    assert _absmax(x) == x.abs().max().item()
+
+
+@needs_lib
+def test_absmax_many_random_tensors():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        x = torch.randn(n, generator=g) * float(torch.rand(1, generator=g) * 1e3)
+        assert _absmax(x) == x.abs().max().item()
+
+
+# --------------------------------------------------------------------------------------------
+# mix64 (splitmix64 finaliser)
+
+
+def test_mix64_reference_vectors():
+    # The first three outputs of Vigna's splitmix64 seeded with 0; the generator adds the golden
+    # gamma before mixing, so output i is mix64(i * gamma).
+    gamma = 0x9E3779B97F4A7C15
+    expected = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    assert [fastsr.mix64((i * gamma) % 2**64) for i in range(3)] == expected
+
+
+def test_mix64_distinct_for_consecutive_inputs():
+    outs = [fastsr.mix64(i) for i in range(10_000)]
+    assert len(set(outs)) == 10_000
+    assert all(0 <= o < 2**64 for o in outs)
+    # and the two 32-bit keys handed to the C kernel are distinct too
+    assert len({o & 0xFFFF_FFFF for o in outs}) == 10_000
+    assert len({o >> 32 for o in outs}) == 10_000
+
+
+def test_mix64_avalanche():
+    """Consecutive inputs differ in about half of the 64 output bits."""
+    n = 10_000
+    flips = [bin(fastsr.mix64(i) ^ fastsr.mix64(i + 1)).count("1") for i in range(n)]
+    mean = sum(flips) / n
+    assert abs(mean - 32) < 5 * math.sqrt(16 / n)  # binomial(64, 1/2): sd 4 per pair
+
+
+def test_mix64_wraps_negative_and_large_inputs():
+    assert fastsr.mix64(-1) == fastsr.mix64(2**64 - 1)
+    assert fastsr.mix64(2**64 + 5) == fastsr.mix64(5)
+    assert 0 <= fastsr.mix64(-(2**70)) < 2**64
+
+
+# --------------------------------------------------------------------------------------------
+# the stochastic kernel's uniform numbers
+
+
+@needs_lib
+@pytest.mark.parametrize("seed", (0, 1, 2**40 + 3))
+def test_sr_uniform_fraction_up_at_one_half(seed):
+    """1,000,000 copies of 0.5 * scale: each element is an independent draw (the hash takes the
+    element index), so the fraction rounded up is 1/2 within 5 binomial sd."""
+    n = 1_000_000
+    x = torch.full((n + 1,), 0.5)
+    x[0] = 127.0  # scale = 1 exactly
+    q, scale = fastsr.quantize_per_tensor(x, seed)
+    assert scale.item() == 1.0
+    up = q[1:]
+    assert bool(((up == 0) | (up == 1)).all())
+    frac = up.double().mean().item()
+    assert abs(frac - 0.5) < 5 * math.sqrt(0.25 / n)
+
+
+@needs_lib
+def test_sr_uniform_quantiles():
+    """P(round up) = frac for fractions across [0, 1): u is uniform, not just symmetric."""
+    n = 200_000
+    fracs = [1 / 16, 1 / 4, 3 / 8, 5 / 8, 3 / 4, 15 / 16, 1 - 2**-10]
+    vals = torch.tensor([10.0 + f for f in fracs])
+    x = torch.cat([torch.tensor([-127.0]), vals.repeat(n)])
+    q, _ = fastsr.quantize_per_tensor(x, 77)
+    up = (q[1:].view(n, len(fracs)) == 11).double().mean(dim=0)
+    for f, p in zip(fracs, up.tolist()):
+        assert abs(p - f) < 5 * math.sqrt(f * (1 - f) / n), (f, p)
+
+
+@needs_lib
+def test_sr_different_seeds_give_different_streams():
+    """Every pair among 8 consecutive seeds rounds a fraction-1/2 tensor differently."""
+    x = torch.full((4097,), 0.5)
+    x[0] = 127.0
+    outs = [fastsr.quantize_per_tensor(x, s)[0] for s in range(8)]
+    for i in range(8):
+        for j in range(i + 1, 8):
+            assert not torch.equal(outs[i], outs[j])
+
+
+# --------------------------------------------------------------------------------------------
+# building the kernel
+
+
+def test_compile_from_scratch(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = fastsr._cache_dir()
+    assert cache == tmp_path / "ffint8"
+    assert not cache.exists()
+    out = cache / "fastquant-test.so"
+    assert fastsr._compile(out) is True
+    assert out.is_file() and out.stat().st_size > 0
+    assert sorted(p.name for p in cache.iterdir()) == ["fastquant-test.so"]  # temp dir removed
+    lib = ctypes.CDLL(str(out))
+    lib.ffq_absmax.restype = ctypes.c_float
+    lib.ffq_absmax.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    x = torch.randn(1001)
+    assert lib.ffq_absmax(x.data_ptr(), x.numel()) == x.abs().max().item()
+
+
+@needs_lib
+def test_library_builds_into_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lib = fastsr._library.__wrapped__()  # bypass the lru_cache
+    assert lib is not None
+    built = list((tmp_path / "ffint8").glob("fastquant-*.so"))
+    assert len(built) == 1
+    x = torch.randn(77)
+    assert lib.ffq_absmax(x.data_ptr(), x.numel()) == x.abs().max().item()
+    # a second load reuses the cached file rather than compiling again
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(fastsr, "_compile", lambda out: pytest.fail("recompiled"))
+    assert fastsr._library.__wrapped__() is not None
+    assert built[0].stat().st_mtime_ns == mtime
+
+
+def test_library_disabled_by_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("FFINT8_NO_CKERNEL", "1")
+    assert fastsr._library.__wrapped__() is None
+    assert not (tmp_path / "ffint8").exists()
+
+
+def test_compile_without_compiler(tmp_path, monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(fastsr.shutil, "which", lambda name: None)
+    out = tmp_path / "ffint8" / "x.so"
+    assert fastsr._compile(out) is False
+    assert not out.exists()
+
+
+def test_compile_failure_leaves_nothing(tmp_path, monkeypatch):
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no `false` command")
+    monkeypatch.setenv("CC", false)
+    out = tmp_path / "ffint8" / "x.so"
+    assert fastsr._compile(out) is False
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []

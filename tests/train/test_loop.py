@@ -1,0 +1,71 @@
+"""The training loop: learning, determinism, divergence, the greedy schedule, lambda."""
+
+import pytest
+import torch
+
+from ffint8.data import load_dataset, to_float_images
+from ffint8.errors import DivergenceError
+from ffint8.models import create_model
+from ffint8.train.config import FFConfig, TrainConfig
+from ffint8.train.loop import FFTrainer
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_dataset("synthetic", limit_train=512, limit_test=200)
+    return (to_float_images(d.train.images), d.train.labels,
+            to_float_images(d.test.images), d.test.labels)
+
+
+def trainer(algo="ff-int8", look="collab", schedule="simultaneous", seed=0, epochs=2):
+    torch.manual_seed(seed)
+    cfg = TrainConfig(hidden=(64, 64), batch_size=32, lr=0.003, seed=seed, epochs=epochs,
+                      ff=FFConfig(algo=algo, look_ahead=look, schedule=schedule,
+                                  lambda_start=0.05))
+    return FFTrainer(create_model("mlp", hidden=(64, 64)), cfg, 10)
+
+
+@pytest.mark.parametrize("algo", ["ff-int8", "ff-fp32"])
+@pytest.mark.parametrize("look", ["none", "collab", "chain"])
+def test_loss_falls_and_accuracy_beats_chance(data, algo, look):
+    x, y, xt, yt = data
+    tr = trainer(algo, look, epochs=3)
+    logs = tr.fit(x, y, xt, yt)
+    assert logs[-1].train_loss < logs[0].train_loss
+    assert logs[-1].test_accuracy > 0.6
+
+
+def test_same_seed_same_weights(data):
+    x, y, _, _ = data
+    a, b = trainer(seed=3), trainer(seed=3)
+    a.train_epoch(x, y)
+    b.train_epoch(x, y)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_nan_weight_stops_with_clear_error(data):
+    x, y, _, _ = data
+    tr = trainer(look="none")
+    with torch.no_grad():
+        tr.units[1].weight[0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match=r"epoch 1, step 1: the loss of unit 2"):
+        tr.train_epoch(x, y)
+
+
+def test_greedy_trains_one_unit_per_phase(data):
+    x, y, xt, yt = data
+    tr = trainer(schedule="greedy", epochs=1)
+    before = [u.weight.detach().clone() for u in tr.units]
+    tr.train_epoch(x, y, unit=0)
+    assert not torch.equal(tr.units[0].weight, before[0])
+    assert torch.equal(tr.units[1].weight, before[1])
+    tr2 = trainer(schedule="greedy", epochs=1)
+    logs = tr2.fit(x, y, xt, yt)
+    assert [log.unit for log in logs] == [0, 1]
+
+
+def test_lambda_schedule():
+    cfg = FFConfig(lambda_start=0.0, lambda_step=0.001)
+    assert cfg.lam(0) == 0.0
+    assert cfg.lam(10) == pytest.approx(0.01)
