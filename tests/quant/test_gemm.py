@@ -17,8 +17,9 @@ from ffint8.quant.gemm import (
 )
 
 ALL_KERNELS = ("int_mm", "float-exact", "reference", "auto")
-# K values: tiny, odd, and across the float-exact chunk (1,040 terms), including two chunks + 1.
-KS = (1, 3, 17, 33, 127, 1040, 1041, 2081)
+# K values: tiny, odd, and across the float-exact chunk (FLOAT_EXACT_K terms), including two
+# chunks + 1.
+KS = (1, 3, 17, 33, 127, FLOAT_EXACT_K, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1)
 # torch._int_mm on a CPU without VNNI is a scalar loop: keep M and N small for every kernel.
 MNS = ((1, 1), (3, 17), (17, 3), (33, 5))
 BIG_MNS = ((127, 33), (64, 65))  # larger outputs, for the fast kernels only
@@ -37,12 +38,12 @@ def rand_i8(shape, gen, lo=-127, hi=127):
 
 
 def test_constants_are_the_exactness_limits():
-    # 127 * 127 is the largest |product| of two values in [-127, 127].
-    p = 127 * 127
+    # (-128) * (-128) is the largest |product| of two int8 values, -128 included.
+    p = 128 * 128
     assert MAX_EXACT_K * p <= 2**31 - 1 < (MAX_EXACT_K + 1) * p
-    assert MAX_EXACT_K == 133_144
+    assert MAX_EXACT_K == 131_071
     assert FLOAT_EXACT_K * p <= 2**24 < (FLOAT_EXACT_K + 1) * p
-    assert FLOAT_EXACT_K == 1_040
+    assert FLOAT_EXACT_K == 1_024
     assert set(KERNELS) == set(ALL_KERNELS)
 
 
@@ -64,7 +65,7 @@ def test_int8_mm_random_bit_exact(kernel, k, mn):
 
 
 @pytest.mark.parametrize("kernel", ("float-exact", "reference", "auto"))
-@pytest.mark.parametrize("k", (1, 33, 1041, 2081))
+@pytest.mark.parametrize("k", (1, 33, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1))
 @pytest.mark.parametrize("mn", BIG_MNS)
 def test_int8_mm_random_bit_exact_larger_outputs(kernel, k, mn):
     m, n = mn
@@ -76,14 +77,16 @@ def test_int8_mm_random_bit_exact_larger_outputs(kernel, k, mn):
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_int8_mm_non_contiguous_operands(kernel):
     gen = torch.Generator().manual_seed(3)
-    a = rand_i8((1041, 9), gen).t()  # (9, 1041), transposed view
-    b = rand_i8((5, 2082), gen)[:, ::2].t()  # (1041, 5), strided view
+    k = FLOAT_EXACT_K + 1  # past one float-exact chunk
+    a = rand_i8((k, 9), gen).t()  # (9, k), transposed view
+    b = rand_i8((5, 2 * k), gen)[:, ::2].t()  # (k, 5), strided view
     assert not a.is_contiguous() and not b.is_contiguous()
     assert torch.equal(int8_mm(a, b, kernel).long(), ref_mm(a, b))
 
 
 # --------------------------------------------------------------------------------------------
-# extreme values: every product is +-127^2, the largest partial sums possible
+# extreme values: every product is +-127^2 (the largest the quantiser produces) or (-128)^2
+# (the largest any int8 operands give), the largest partial sums possible
 
 
 def _extreme_operands(pattern, m, k, n, gen):
@@ -93,6 +96,8 @@ def _extreme_operands(pattern, m, k, n, gen):
         return torch.full((m, k), -127, dtype=torch.int8), torch.full((k, n), -127, dtype=torch.int8)
     if pattern == "+127@-127":
         return torch.full((m, k), 127, dtype=torch.int8), torch.full((k, n), -127, dtype=torch.int8)
+    if pattern == "all-128":
+        return torch.full((m, k), -128, dtype=torch.int8), torch.full((k, n), -128, dtype=torch.int8)
     # random signs of magnitude 127
     sa = torch.randint(0, 2, (m, k), generator=gen) * 2 - 1
     sb = torch.randint(0, 2, (k, n), generator=gen) * 2 - 1
@@ -100,8 +105,10 @@ def _extreme_operands(pattern, m, k, n, gen):
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
-@pytest.mark.parametrize("k", (1, 1040, 1041, 2081, 3 * 1040 + 17))
-@pytest.mark.parametrize("pattern", ("all+127", "all-127", "+127@-127", "random-sign"))
+@pytest.mark.parametrize(
+    "k", (1, FLOAT_EXACT_K, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1, 3 * FLOAT_EXACT_K + 17)
+)
+@pytest.mark.parametrize("pattern", ("all+127", "all-127", "+127@-127", "all-128", "random-sign"))
 def test_int8_mm_extreme_values(kernel, k, pattern):
     m, n = 3, 5
     gen = torch.Generator().manual_seed(k)
@@ -110,11 +117,14 @@ def test_int8_mm_extreme_values(kernel, k, pattern):
     assert out.dtype == torch.int32
     assert torch.equal(out.long(), ref_mm(a, b))
     if pattern in ("all+127", "all-127"):
-        # independent of any matmul: every entry is k * 127^2 (for k >= 1041 above 2^24 and odd
-        # k not representable in float32, so an unchunked float GEMM would be caught here)
+        # independent of any matmul: every entry is k * 127^2 (for k > 2^24 // 127^2, i.e. from
+        # 2 * FLOAT_EXACT_K + 1 on here, above 2^24 and for odd k not representable in float32,
+        # so an unchunked float GEMM would be caught here)
         assert bool((out.long() == k * 127 * 127).all())
     elif pattern == "+127@-127":
         assert bool((out.long() == -k * 127 * 127).all())
+    elif pattern == "all-128":
+        assert bool((out.long() == k * 128 * 128).all())
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
@@ -124,17 +134,17 @@ def test_int8_mm_at_max_exact_k_stays_int32(kernel):
     b = torch.full((k, 2), 127, dtype=torch.int8)
     out = int8_mm(a, b, kernel)
     assert out.dtype == torch.int32
-    assert bool((out.long() == k * 127 * 127).all())  # 2,147,479,576 <= 2^31 - 1
+    assert bool((out.long() == k * 127 * 127).all())  # 2,114,044,159 <= 2^31 - 1
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
 def test_int8_mm_past_max_exact_k_is_int64(kernel):
     k = MAX_EXACT_K + 1
-    a = torch.full((1, k), -127, dtype=torch.int8)
-    b = torch.full((k, 1), -127, dtype=torch.int8)
+    a = torch.full((1, k), -128, dtype=torch.int8)
+    b = torch.full((k, 1), -128, dtype=torch.int8)
     out = int8_mm(a, b, kernel)
     assert out.dtype == torch.int64
-    assert out.item() == k * 127 * 127 > 2**31 - 1
+    assert out.item() == k * 128 * 128 > 2**31 - 1  # 2^31: one past int32
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
@@ -161,38 +171,26 @@ def test_int8_mm_long_reduction_random_bit_exact(kernel):
 
 
 # -128 is a valid int8 that the quantiser never produces, but int8_mm accepts it. Its square
-# (16,384) is above 127^2, which both the float-exact chunk and MAX_EXACT_K are sized for.
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG gemm.py FLOAT_EXACT_K/_float_exact: a -128 operand makes a 1,040-term float32 "
-    "partial sum pass 2^24 (1039*(-128)^2 + 1 comes back as 17022976, not 17022977); int8_mm "
-    "neither rejects -128 nor is exact for it",
-)
-def test_int8_mm_float_exact_with_minus_128_exact_or_rejected():
-    a = torch.full((1, FLOAT_EXACT_K), -128, dtype=torch.int8)
+# (16,384) is the largest |product|, which both the float-exact chunk and MAX_EXACT_K are sized for.
+@pytest.mark.parametrize("k", (FLOAT_EXACT_K, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1))
+def test_int8_mm_float_exact_with_minus_128_is_exact(k):
+    # (k - 1) * 128^2 + 1: below 2^24 at k = FLOAT_EXACT_K (one exact float32 GEMM), 2^24 + 1 at
+    # FLOAT_EXACT_K + 1 (odd, above 2^24: not representable in float32, so only chunking is exact)
+    a = torch.full((1, k), -128, dtype=torch.int8)
     a[0, -1] = 1
     b = a.t().contiguous()
-    try:
-        out = int8_mm(a, b, "float-exact")
-    except ValueError:
-        return  # rejecting -128 is an acceptable fix
-    assert out.item() == (FLOAT_EXACT_K - 1) * 128 * 128 + 1
+    out = int8_mm(a, b, "float-exact")
+    assert out.dtype == torch.int32
+    assert out.item() == (k - 1) * 128 * 128 + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG gemm.py MAX_EXACT_K: all -128 operands at K = MAX_EXACT_K sum to 2,181,431,296 "
-    "> 2^31 - 1 and the int32 result wraps to a negative number",
-)
 @pytest.mark.parametrize("kernel", ("float-exact", "reference", "int_mm"))
-def test_int8_mm_minus_128_at_max_exact_k_exact_or_rejected(kernel):
+def test_int8_mm_minus_128_at_max_exact_k_is_exact(kernel):
     a = torch.full((1, MAX_EXACT_K), -128, dtype=torch.int8)
     b = a.t().contiguous()
-    try:
-        out = int8_mm(a, b, kernel)
-    except ValueError:
-        return
-    assert out.item() == MAX_EXACT_K * 128 * 128
+    out = int8_mm(a, b, kernel)
+    assert out.dtype == torch.int32
+    assert out.item() == MAX_EXACT_K * 128 * 128  # 2,147,467,264 <= 2^31 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +256,9 @@ def _scales(kind, m, n, gen):
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
 @pytest.mark.parametrize("kind", ("tensor", "row-col", "row-tensor", "tensor-col"))
-@pytest.mark.parametrize("mkn", ((5, 37, 7), (17, 1041, 3), (1, 1, 1)))
+@pytest.mark.parametrize(
+    "mkn", ((5, 37, 7), (3, FLOAT_EXACT_K, 2), (17, FLOAT_EXACT_K + 1, 3), (1, 1, 1))
+)
 def test_int8_mm_scaled_matches_float64(kernel, kind, mkn):
     m, k, n = mkn
     gen = torch.Generator().manual_seed(m * k * n)
@@ -270,6 +270,26 @@ def test_int8_mm_scaled_matches_float64(kernel, kind, mkn):
     assert out.shape == (m, n)
     tol = 1e-6 * ref.abs().max().item() + 1e-30
     torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=tol)
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+def test_int8_mm_scaled_rejects_bad_operands(kernel):
+    s = torch.tensor(0.5)
+    with pytest.raises(TypeError):
+        int8_mm_scaled(torch.ones(2, 3), s, torch.ones(3, 2, dtype=torch.int8), s, kernel)
+    with pytest.raises(TypeError):
+        int8_mm_scaled(torch.ones(2, 3, dtype=torch.int8), s, torch.ones(3, 2, dtype=torch.int32), s, kernel)
+    with pytest.raises(ValueError):
+        int8_mm_scaled(torch.ones(2, 3, dtype=torch.int8), s, torch.ones(4, 2, dtype=torch.int8), s, kernel)
+    with pytest.raises(ValueError):
+        int8_mm_scaled(torch.ones(2, 3, dtype=torch.int8), s, torch.ones(3, dtype=torch.int8), s, kernel)
+
+
+@pytest.mark.parametrize("kernel", ("float-exact", "reference", "int_mm"))
+def test_int8_mm_scaled_rejects_1d_a(kernel):
+    s = torch.tensor(0.5)
+    with pytest.raises(ValueError):
+        int8_mm_scaled(torch.ones(3, dtype=torch.int8), s, torch.ones(3, 2, dtype=torch.int8), s, kernel)
 
 
 def test_int8_mm_scaled_long_reduction():
@@ -358,7 +378,7 @@ def test_cpu_has_int8_dot_without_cpuinfo(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mkn", ((1, 3, 5), (17, 8, 8), (33, 1041, 7)))
+@pytest.mark.parametrize("mkn", ((1, 3, 5), (17, 8, 8), (33, FLOAT_EXACT_K + 1, 7)))
 def test_int8_mm_cuda_padding_exact(mkn):
     m, k, n = mkn
     gen = torch.Generator().manual_seed(k)

@@ -24,6 +24,7 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "fastquant.c"
 _MASK32 = 0xFFFF_FFFF
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def _cache_dir() -> Path:
@@ -116,7 +117,10 @@ def quantize_per_tensor(
         return None
     n = x.numel()
     amax = lib.ffq_absmax(x.data_ptr(), n) if n else 0.0
-    scale = amax / 127.0 if amax > 0 else (amax if amax != amax else 1.0)  # keeps NaN
+    if amax == 0:
+        scale = 1.0
+    else:  # NaN stays NaN; the floor keeps 1 / scale finite in float32 (as absmax_scale does)
+        scale = max(amax / 127.0, _TINY) if amax == amax else amax
     q = torch.empty(x.shape, dtype=torch.int8)
     if scale != scale:  # NaN: nothing meaningful to round
         q.zero_()

@@ -5,12 +5,12 @@ Kernels (all exact; they differ only in speed):
   cuBLASLt IMMA on CUDA). On x86 CPUs without VNNI, PyTorch's CPU path is a slow scalar loop
   (measured 20-30x slower than float32 on an AVX2-only EPYC), so "auto" does not pick it there.
 - "float-exact": the int8 values in float32 through the float GEMM, in K-chunks of at most
-  1040 terms, so every partial sum is an integer below 2^24 and therefore exact; chunks are summed
+  1024 terms, so every partial sum is an integer below 2^24 and therefore exact; chunks are summed
   in int32. The integer result is bit-identical to int_mm; it is the fallback for CPUs with no
   integer dot-product unit, and is reported as such, never as an int8 kernel.
 - "reference": int64 matmul; slow, for tests and odd devices.
 
-Reductions longer than MAX_EXACT_K (133,144 terms, where K * 127^2 would pass 2^31 - 1) are split
+Reductions longer than MAX_EXACT_K (131,071 terms, where K * 128^2 would pass 2^31 - 1) are split
 and summed in int64, so the result is int64 there.
 """
 
@@ -23,8 +23,9 @@ import torch
 
 Kernel = Literal["auto", "int_mm", "float-exact", "reference"]
 KERNELS = ("auto", "int_mm", "float-exact", "reference")
-MAX_EXACT_K = (2**31 - 1) // (127 * 127)  # 133,144 terms fit in int32
-FLOAT_EXACT_K = 2**24 // (127 * 127)  # 1,040 terms keep every float32 partial sum exact
+# Bounds for any int8 operand, -128 included (our quantiser stays in [-127, 127]).
+MAX_EXACT_K = (2**31 - 1) // (128 * 128)  # 131,071 terms always fit in int32
+FLOAT_EXACT_K = 2**24 // (128 * 128)  # 1,024 terms keep every float32 partial sum exact
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,9 +119,9 @@ def int8_mm_scaled(
 
     Scales are 0-d (per tensor), or (M, 1) for a and (1, N) for b (per row / per column).
     """
+    _check_operands(a, b)
     if resolve_kernel(kernel, a.device) == "float-exact" and a.shape[1] <= FLOAT_EXACT_K:
         # The float32 product already holds the exact integer accumulator: no int32 round trip.
-        _check_operands(a, b)
         return torch.mm(a.float(), b.float()).mul_(a_scale * b_scale)
     acc = int8_mm(a, b, kernel)  # (M, N) int32 accumulator
     return acc.float().mul_(a_scale * b_scale)

@@ -15,6 +15,7 @@ import torch
 from ffint8.quant import fastsr
 
 QMAX = 127
+TINY = torch.finfo(torch.float32).tiny  # smallest normal float32: the least scale used
 Rounding = Literal["nearest", "stochastic"]
 
 
@@ -41,8 +42,10 @@ def absmax_scale(x: torch.Tensor, channel_dim: int | None = None) -> torch.Tenso
         dims = [d for d in range(x.dim()) if d != channel_dim % x.dim()]
         amax = x.abs().amax(dim=dims, keepdim=True)
     amax = amax.float()
-    # An all-zero tensor (a dead ReLU layer, a zero gradient) quantises to zeros with any scale.
-    return torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    # An all-zero tensor (a dead ReLU layer, a zero gradient) quantises to zeros with any scale;
+    # NaN stays NaN (divergence is reported, not hidden); the floor keeps 1 / scale finite.
+    scale = (amax / QMAX).clamp_min(TINY)
+    return torch.where(amax == 0, torch.ones_like(amax), scale)
 
 
 def round_nearest(x_scaled: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ class TrainConfig:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 0.001
+    lr: float = 0.003
     optimizer: str = "adam"
     weight_decay: float = 0.0
     seed: int = 0
