@@ -2,12 +2,14 @@
 
     python benchmarks/ff_core.py accuracy [--epochs 10] [--looks none,collab,chain]
     python benchmarks/ff_core.py speed [--batch-sizes 32,256] [--rounds 3] [--limit-train 8000]
+    python benchmarks/ff_core.py gemm [--batch-size 32]
     python benchmarks/ff_core.py smoke
 
 accuracy: full Fashion-MNIST; for each look-ahead mode trains ff-int8 and ff-fp32 with the same
           seed and prints test accuracy per epoch side by side, and the int8 - fp32 gap.
 speed:    ff-int8 and ff-fp32 trainers on the same data, epochs run alternately in one process
           (so machine noise hits both alike); prints seconds per epoch and the int8/fp32 ratio.
+gemm:     each int8 kernel against float32 on the MLP's GEMM shapes (alternating).
 smoke:    wall time of `ffint8 train --epochs 1 --limit-train 5000` in a fresh process.
 """
 
@@ -83,6 +85,37 @@ def speed(args: argparse.Namespace) -> None:
               f"  (medians of {args.rounds} alternating epochs; int8 kernel: {kernel})", flush=True)
 
 
+def gemm(args: argparse.Namespace) -> None:
+    """Each int8 kernel against the float32 GEMM on the MLP's shapes, alternating, same threads."""
+    from ffint8.quant.gemm import cpu_has_int8_dot, int8_mm
+
+    torch.set_num_threads(args.threads)
+    print(f"CPU int8 dot-product unit: {cpu_has_int8_dot()}; torch CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; {args.threads} threads")
+    rows = 2 * args.batch_size  # positives and negatives
+    shapes = {"forward 1": (rows, 784, 1000), "forward 2": (rows, 1000, 1000),
+              "g_W 1": (1000, rows, 784), "g_W 2": (1000, rows, 1000)}
+    for name, (m, k, n) in shapes.items():
+        a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+        b = torch.randint(-127, 128, (k, n), dtype=torch.int8)
+        af, bf = a.float(), b.float()
+        runs = {"float32": lambda: torch.mm(af, bf)}
+        for kern in ("int_mm", "float-exact"):
+            runs[kern] = lambda kern=kern: int8_mm(a, b, kern)
+        times = {key: [] for key in runs}
+        for _ in range(args.rounds):
+            for key, fn in runs.items():
+                fn()
+                start = time.perf_counter()
+                for _ in range(args.reps):
+                    fn()
+                times[key].append((time.perf_counter() - start) / args.reps)
+        med = {key: statistics.median(v) * 1e6 for key, v in times.items()}
+        print(f"{name:9s} ({m}x{k}x{n}): float32 {med['float32']:8.0f} us | "
+              + " | ".join(f"{key} {med[key]:8.0f} us ({med[key] / med['float32']:.2f}x)"
+                           for key in ("int_mm", "float-exact")), flush=True)
+
+
 def smoke(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "ffint8", "train", "--epochs", "1", "--limit-train", "5000",
@@ -111,9 +144,14 @@ def main() -> None:
     s.add_argument("--limit-train", type=int, default=8000)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--look", default="collab")
+    g = sub.add_parser("gemm")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--rounds", type=int, default=5)
+    g.add_argument("--reps", type=int, default=5)
     sub.add_parser("smoke")
     args = p.parse_args()
-    {"accuracy": accuracy, "speed": speed, "smoke": smoke}[args.cmd](args)
+    {"accuracy": accuracy, "speed": speed, "gemm": gemm, "smoke": smoke}[args.cmd](args)
 
 
 if __name__ == "__main__":

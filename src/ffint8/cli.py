@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--int8-kernel", default=f.int8_kernel, help=f"one of {', '.join(KERNELS)}")
     g.add_argument("--weight-per-channel", action="store_true", help="one weight scale per unit")
     g = t.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run directory (default %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR from its last finished epoch, with its config "
+                        "(only --epochs may change)")
 
     e = sub.add_parser("eval", help="test accuracy of a saved model")
     e.add_argument("--checkpoint", required=True, help="a model.pt written by `ffint8 train`")
@@ -75,7 +78,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel)
     return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
-                       epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
+                       epochs=a.epochs or TrainConfig.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
                        limit_test=a.limit_test, threads=a.threads, ff=ff)
 
@@ -84,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from ffint8.train.run import run_training
+            from ffint8.train.run import resume_config, run_training
 
-            m = run_training(config_from_args(args), args.out, progress=not args.no_progress)
+            if args.resume:
+                cfg = resume_config(args.resume, args.epochs)
+                args.out = args.resume
+            else:
+                cfg = config_from_args(args)
+            m = run_training(cfg, args.out, progress=not args.no_progress,
+                             resume=bool(args.resume))
             print(f"test accuracy {100 * m['test_accuracy']:.2f}%, training "
                   f"{m['train_seconds']:.1f}s; wrote {args.out}/metrics.json and model.pt")
         elif args.command == "eval":

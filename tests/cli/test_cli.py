@@ -107,3 +107,24 @@ def test_module_entry_point_and_no_traceback(tmp_path):
                           "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert res.returncode == 2
     assert "unknown model" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    common = [*SMALL, "--lr", "0.003", "--look-ahead", "chain", "--lambda-start", "0.05"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["train", *common, "--epochs", "3", "--out", str(full)]) == 0
+    assert main(["train", *common, "--epochs", "1", "--out", str(part)]) == 0
+    assert (part / "checkpoint.pt").is_file()
+    assert main(["train", "--resume", str(part), "--epochs", "3", "--no-progress"]) == 0
+    a = torch.load(full / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(part / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma = json.loads((full / "metrics.json").read_text())
+    mb = json.loads((part / "metrics.json").read_text())
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in ma["epochs"]]
+    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in mb["epochs"]]
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    rc, err = _error(capsys, ["train", "--resume", str(tmp_path)])
+    assert rc == 2 and "no checkpoint.pt" in err

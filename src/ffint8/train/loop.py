@@ -25,6 +25,11 @@ class EpochLog:
     lam: float
     unit: int | None = None  # greedy schedule: the unit trained in this epoch
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "EpochLog":
+        return cls(d["epoch"], d["train_loss"], d["test_accuracy"], d["seconds"], d["lambda"],
+                   d.get("unit"))
+
     def to_dict(self) -> dict:
         d = {"epoch": self.epoch, "train_loss": self.train_loss,
              "test_accuracy": self.test_accuracy, "seconds": self.seconds, "lambda": self.lam}
@@ -60,6 +65,20 @@ class FFTrainer:
         self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling, negatives
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this trainer stands (between epochs)."""
+        return {"epoch": self.epoch, "history": [e.to_dict() for e in self.history],
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "sr_counter": self.seeds.counter}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.seeds.counter = int(state["sr_counter"])
+        self.epoch = int(state["epoch"])
+        self.history = [EpochLog.from_dict(d) for d in state["history"]]
 
     def _batch(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positives then negatives (B, D) each, stacked to (2B, D); targets (2B,)."""

@@ -41,12 +41,20 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
-                    in_features: int) -> None:
+def save_checkpoint(path: Path, cfg: TrainConfig, num_classes: int, in_features: int,
+                    model: torch.nn.Module | None = None, trainer: FFTrainer | None = None) -> None:
+    """Write atomically (temporary file, then rename): a crash leaves the old file or the new one.
+
+    model.pt holds the weights (state_dict); checkpoint.pt the whole trainer state (trainer),
+    from which a run resumes exactly."""
+    blob = {"format": CHECKPOINT_FORMAT, "version": 1, "ffint8": __version__,
+            "config": cfg.to_dict(), "num_classes": num_classes, "in_features": in_features}
+    if model is not None:
+        blob["state_dict"] = model.state_dict()
+    if trainer is not None:
+        blob["trainer"] = trainer.state_dict()
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "ffint8": __version__,
-                "config": cfg.to_dict(), "num_classes": num_classes,
-                "in_features": in_features, "state_dict": model.state_dict()}, tmp)
+    torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
@@ -64,17 +72,32 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
     cfg = TrainConfig.from_dict(blob["config"])
     model = create_model(cfg.model, in_features=blob["in_features"], hidden=cfg.hidden,
                          num_classes=blob["num_classes"])
+    state = blob["state_dict"] if "state_dict" in blob else blob["trainer"]["model"]
     try:
-        model.load_state_dict(blob["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit model {cfg.model!r}: {first}") from None
     return model, cfg, blob
 
 
+def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig:
+    """The config a run directory was started with (epochs replaced when given)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume {run_dir}: no checkpoint.pt there to resume from")
+    _, cfg, _ = load_checkpoint(path)
+    if epochs is not None:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
+    return cfg
+
+
 def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict:
-    """Train as cfg says; write out_dir/metrics.json and out_dir/model.pt; return the metrics."""
+                 log: Callable[[str], None] = print, resume: bool = False) -> dict:
+    """Train as cfg says; write out_dir/metrics.json and out_dir/model.pt; return the metrics.
+
+    After every epoch out_dir/checkpoint.pt is replaced atomically; resume=True continues from
+    it, so a stopped run ends with the same weights and metrics as one that never stopped."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -89,11 +112,19 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     model = create_model(cfg.model, in_features=in_features, hidden=cfg.hidden,
                          num_classes=data.num_classes)
     trainer = FFTrainer(model, cfg, data.num_classes)
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        _, saved_cfg, blob = load_checkpoint(ckpt)
+        if saved_cfg.to_dict() | {"epochs": 0} != cfg.to_dict() | {"epochs": 0}:
+            raise CheckpointError(f"{ckpt}: written by a run with another configuration")
+        trainer.load_state_dict(blob["trainer"])
+        log(f"resuming {ckpt} after epoch {trainer.epoch}")
     kernel = kernel_description(cfg)
     log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "
         f"test, look-ahead {cfg.ff.look_ahead}, kernel {kernel}")
 
     def report(e: EpochLog) -> None:
+        save_checkpoint(ckpt, cfg, data.num_classes, in_features, trainer=trainer)
         log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy "
             f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s  lambda {e.lam:.4f}")
 
@@ -111,7 +142,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
                         "python": platform.python_version(), "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
     }
-    save_checkpoint(out / "model.pt", model, cfg, data.num_classes, in_features)
+    save_checkpoint(out / "model.pt", cfg, data.num_classes, in_features, model=model)
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
