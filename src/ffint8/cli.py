@@ -10,7 +10,8 @@ from ffint8 import __version__
 from ffint8.data import DATASETS
 from ffint8.errors import DivergenceError, FFInt8Error
 from ffint8.quant.gemm import KERNELS
-from ffint8.train.config import (ALGOS, GOODNESS, LOOK_AHEAD, NORMS, OPTIMIZERS, SCHEDULES,
+from ffint8.train.config import (ALGOS, GOODNESS, LOOK_AHEAD, LR_SCHEDULES, NORMS, OPTIMIZERS,
+                                 SCHEDULES,
                                  FFConfig, TrainConfig)
 
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    g.add_argument("--lr-schedule", default=d.lr_schedule,
+                   help=f"one of {', '.join(LR_SCHEDULES)} (cooldown: linear to 0 in the 2nd half)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -79,6 +82,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   weight_channel=a.weight_per_channel)
     return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
                        epochs=a.epochs or TrainConfig.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
+                       lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
                        limit_test=a.limit_test, threads=a.threads, ff=ff)
 

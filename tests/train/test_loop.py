@@ -69,3 +69,25 @@ def test_lambda_schedule():
     cfg = FFConfig(lambda_start=0.0, lambda_step=0.001)
     assert cfg.lam(0) == 0.0
     assert cfg.lam(10) == pytest.approx(0.01)
+
+
+def test_lr_schedules():
+    base = TrainConfig(lr=0.01)
+    assert base.lr_at(0.9) == 0.01
+    cool = TrainConfig(lr=0.01, lr_schedule="cooldown")
+    assert cool.lr_at(0.25) == 0.01 and cool.lr_at(0.5) == pytest.approx(0.01)
+    assert cool.lr_at(0.75) == pytest.approx(0.005) and cool.lr_at(0.999) < 1e-4
+    cos = TrainConfig(lr=0.01, lr_schedule="cosine")
+    assert cos.lr_at(0.0) == pytest.approx(0.01) and cos.lr_at(0.5) == pytest.approx(0.005)
+
+
+def test_trainer_applies_the_schedule(data):
+    x, y, _, _ = data
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden=(16,), batch_size=64, lr=0.01, epochs=2, lr_schedule="cooldown")
+    tr = FFTrainer(create_model("mlp", hidden=(16,)), cfg, 10)
+    tr.train_epoch(x, y)
+    tr.epoch = 1
+    tr.train_epoch(x, y)
+    # 8 steps an epoch: the last step sits at progress (1 + 7/8) / 2 = 15/16, so lr * 2 / 16
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ffint8.errors import ConfigError
@@ -12,6 +13,7 @@ GOODNESS = ("mean", "sum")
 NORMS = ("rms", "l2")
 SCHEDULES = ("simultaneous", "greedy")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cooldown", "cosine")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -70,6 +72,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.003
     optimizer: str = "adam"
+    lr_schedule: str = "constant"  # cooldown: linear to 0 over the second half of training
     weight_decay: float = 0.0
     seed: int = 0
     limit_train: int | None = None
@@ -88,6 +91,7 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("limit_train", "limit_test"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -97,6 +101,14 @@ class TrainConfig:
             raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate at a point of training, progress in [0, 1) (fraction of all steps)."""
+        if self.lr_schedule == "cooldown":
+            return self.lr * min(1.0, 2.0 * (1.0 - progress))
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lr
 
     def to_dict(self) -> dict:
         d = asdict(self)

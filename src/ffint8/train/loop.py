@@ -91,9 +91,11 @@ class FFTrainer:
         return x, t
 
     def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
-                    unit: int | None = None, progress: bool = False) -> tuple[float, float]:
+                    unit: int | None = None, progress: bool = False,
+                    total_epochs: int | None = None) -> tuple[float, float]:
         """One pass over the data. unit: greedy schedule, train only units[unit] (and forward
-        through the ones below it). Returns (mean summed loss per step, seconds)."""
+        through the ones below it). total_epochs: the length of the learning-rate schedule
+        (default cfg.epochs). Returns (mean summed loss per step, seconds)."""
         ff = self.cfg.ff
         lam = ff.lam(self.epoch) if ff.look_ahead != "none" else 0.0
         units = self.units if unit is None else self.units[: unit + 1]
@@ -104,8 +106,13 @@ class FFTrainer:
         bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
                    disable=not (progress and sys.stderr.isatty()))
         total = torch.zeros(())
+        schedule_epochs = total_epochs or self.cfg.epochs
+        phase = self.epoch % schedule_epochs  # greedy: each unit runs the schedule afresh
         start = time.perf_counter()
         for step, i in enumerate(bar):
+            lr = self.cfg.lr_at((phase + step / len(steps)) / schedule_epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             idx = perm[i : i + bs]
             x, t = self._batch(x_train[idx], y_train[idx])
             res = ff_gradients(units, x, t, ff, lam, self.seeds)
