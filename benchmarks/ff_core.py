@@ -99,9 +99,9 @@ def gemm(args: argparse.Namespace) -> None:
         a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
         b = torch.randint(-127, 128, (k, n), dtype=torch.int8)
         af, bf = a.float(), b.float()
-        runs = {"float32": lambda: torch.mm(af, bf)}
+        runs = {"float32": lambda af=af, bf=bf: torch.mm(af, bf)}
         for kern in ("int_mm", "float-exact"):
-            runs[kern] = lambda kern=kern: int8_mm(a, b, kern)
+            runs[kern] = lambda kern=kern, a=a, b=b: int8_mm(a, b, kern)
         times = {key: [] for key in runs}
         for _ in range(args.rounds):
             for key, fn in runs.items():

@@ -10,16 +10,24 @@ from ffint8 import __version__
 from ffint8.data import DATASETS
 from ffint8.errors import DivergenceError, FFInt8Error
 from ffint8.quant.gemm import KERNELS
-from ffint8.train.config import (ALGOS, GOODNESS, LOOK_AHEAD, LR_SCHEDULES, NORMS, OPTIMIZERS,
-                                 SCHEDULES,
-                                 FFConfig, TrainConfig)
+from ffint8.train.config import (
+    ALGOS,
+    GOODNESS,
+    LOOK_AHEAD,
+    LR_SCHEDULES,
+    NORMS,
+    OPTIMIZERS,
+    SCHEDULES,
+    FFConfig,
+    TrainConfig,
+)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +89,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel)
     return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
-                       epochs=a.epochs or TrainConfig.epochs, batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer,
+                       epochs=a.epochs or TrainConfig.epochs, batch_size=a.batch_size, lr=a.lr,
+                       optimizer=a.optimizer,
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
                        limit_test=a.limit_test, threads=a.threads, ff=ff)

@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffint8.data import DATASETS, DEFAULT_DIRS, Dataset, Split, load_dataset, load_mnist_format
+from ffint8.data import (
+    DATASETS,
+    DEFAULT_DIRS,
+    Dataset,
+    Split,
+    load_dataset,
+    load_mnist_format,
+    write_idx,
+)
 from ffint8.data import datasets as datasets_module
-from ffint8.data import write_idx
 from ffint8.errors import ConfigError, DataError
 
 STANDARD = {

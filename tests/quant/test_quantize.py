@@ -68,7 +68,7 @@ def _stochastic_paths():
 NEAREST = _nearest_paths()
 STOCHASTIC = _stochastic_paths()
 ALL_PATHS = [(n, f) for n, f, _ in NEAREST] + [
-    (n + "-sr", (lambda f: lambda x: f(x, 123))(f)) for n, f in STOCHASTIC
+    (n + "-sr", (lambda g: lambda x: g(x, 123))(f)) for n, f in STOCHASTIC
 ]
 
 

@@ -26,7 +26,7 @@ class EpochLog:
     unit: int | None = None  # greedy schedule: the unit trained in this epoch
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EpochLog":
+    def from_dict(cls, d: dict) -> EpochLog:
         return cls(d["epoch"], d["train_loss"], d["test_accuracy"], d["seconds"], d["lambda"],
                    d.get("unit"))
 
