@@ -89,7 +89,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel)
     return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
-                       epochs=a.epochs or TrainConfig.epochs, batch_size=a.batch_size, lr=a.lr,
+                       epochs=TrainConfig.epochs if a.epochs is None else a.epochs, batch_size=a.batch_size, lr=a.lr,
                        optimizer=a.optimizer,
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
