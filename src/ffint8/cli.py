@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run directory (default %(default)s)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is off anyway when stderr is not a terminal)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log to DIR/tensorboard (needs the tensorboard package)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last finished epoch, with its config "
                         "(only --epochs may change)")
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cfg = config_from_args(args)
             m = run_training(cfg, args.out, progress=not args.no_progress,
-                             resume=bool(args.resume))
+                             resume=bool(args.resume), tensorboard=args.tensorboard)
             print(f"test accuracy {100 * m['test_accuracy']:.2f}%, training "
                   f"{m['train_seconds']:.1f}s; wrote {args.out}/metrics.json and model.pt")
         elif args.command == "eval":

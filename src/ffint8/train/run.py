@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ import torch
 
 from ffint8 import __version__
 from ffint8.data import load_dataset, to_float_images
-from ffint8.errors import CheckpointError, FFInt8Error
+from ffint8.errors import CheckpointError, ConfigError, DivergenceError, FFInt8Error
 from ffint8.models import create_model
 from ffint8.quant import fastsr
 from ffint8.quant.gemm import cpu_has_int8_dot, resolve_kernel
@@ -92,8 +93,31 @@ def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig
     return cfg
 
 
+def write_epoch_csv(path: Path, history: list[EpochLog]) -> None:
+    """The per-epoch log as CSV, rewritten whole (atomically) after every epoch."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "train_loss", "test_accuracy", "seconds", "lambda", "unit"])
+        for e in history:
+            w.writerow([e.epoch, e.train_loss, e.test_accuracy, e.seconds, e.lam,
+                        "" if e.unit is None else e.unit])
+    os.replace(tmp, path)
+
+
+def open_tensorboard(out: Path):
+    """A TensorBoard writer under out/tensorboard; a ConfigError if tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: "
+                          "pip install 'ffint8[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
 def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = print, resume: bool = False) -> dict:
+                 log: Callable[[str], None] = print, resume: bool = False,
+                 tensorboard: bool = False) -> dict:
     """Train as cfg says; write out_dir/metrics.json and out_dir/model.pt; return the metrics.
 
     After every epoch out_dir/checkpoint.pt is replaced atomically; resume=True continues from
@@ -123,13 +147,29 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "
         f"test, look-ahead {cfg.ff.look_ahead}, kernel {kernel}")
 
+    writer = open_tensorboard(out) if tensorboard else None
+
     def report(e: EpochLog) -> None:
         save_checkpoint(ckpt, cfg, data.num_classes, in_features, trainer=trainer)
+        write_epoch_csv(out / "epochs.csv", trainer.history)
+        if writer is not None:
+            writer.add_scalar("train/loss", e.train_loss, e.epoch)
+            writer.add_scalar("test/accuracy", e.test_accuracy, e.epoch)
+            writer.add_scalar("train/seconds", e.seconds, e.epoch)
+            writer.flush()
         log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy "
             f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s  lambda {e.lam:.4f}")
 
     started = time.time()
-    trainer.fit(x_train, data.train.labels, x_test, data.test.labels, progress, report)
+    try:
+        trainer.fit(x_train, data.train.labels, x_test, data.test.labels, progress, report)
+    except DivergenceError as exc:
+        kept = (f"the last good checkpoint is {ckpt} (after epoch {trainer.epoch})"
+                if trainer.epoch else "no epoch finished, so no checkpoint was written")
+        raise DivergenceError(f"{exc}; {kept}") from None
+    finally:
+        if writer is not None:
+            writer.close()
     metrics = {
         "model": cfg.model, "dataset": data.name, "algo": cfg.ff.algo,
         "look_ahead": cfg.ff.look_ahead,

@@ -1,0 +1,85 @@
+"""Run directories: per-epoch CSV, divergence keeps the last good checkpoint, SIGKILL mid-epoch."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ffint8.errors import DivergenceError
+from ffint8.train.config import FFConfig, TrainConfig
+from ffint8.train.loop import FFTrainer
+from ffint8.train.run import load_checkpoint, run_training
+
+
+def small_cfg(**kw):
+    base = dict(dataset="synthetic", hidden=(32, 32), epochs=2, limit_train=300, limit_test=50,
+                lr=0.003, ff=FFConfig(algo="ff-int8", look_ahead="none"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_epoch_csv_written_every_epoch(tmp_path):
+    run_training(small_cfg(), tmp_path, progress=False, log=lambda s: None)
+    rows = list(csv.DictReader(open(tmp_path / "epochs.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+
+
+def test_divergence_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = FFTrainer.train_epoch
+
+    def poisoned(self, *args, **kw):
+        if self.epoch == 1:  # the second epoch starts from a NaN weight
+            with torch.no_grad():
+                self.units[0].weight[0, 0] = float("nan")
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(FFTrainer, "train_epoch", poisoned)
+    with pytest.raises(DivergenceError) as info:
+        run_training(small_cfg(), tmp_path, progress=False, log=lambda s: None)
+    msg = str(info.value)
+    assert "epoch 2, step 1" in msg and "unit 1" in msg and "checkpoint.pt (after epoch 1)" in msg
+    _, _, blob = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert blob["trainer"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in blob["trainer"]["model"].values())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cli_divergence_exit_code(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ffint8", "train", "--dataset", "synthetic",
+                          "--hidden", "32", "--limit-train", "300", "--limit-test", "50",
+                          "--lr", "1e30", "--no-progress", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 3, res.stderr
+    assert "training diverged at epoch 1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path):
+    common = [sys.executable, "-m", "ffint8", "train", "--dataset", "synthetic",
+              "--hidden", "300,300", "--limit-train", "2000", "--limit-test", "100",
+              "--batch-size", "16", "--epochs", "3", "--no-progress"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*common, "--out", str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert ckpt.exists(), "the first epoch never finished"
+    os.kill(proc.pid, signal.SIGKILL)  # now inside epoch 2
+    proc.wait()
+    _, _, blob = load_checkpoint(ckpt)
+    assert blob["trainer"]["epoch"] == 1
+    assert not (killed / "metrics.json").exists()
+    subprocess.run([sys.executable, "-m", "ffint8", "train", "--resume", str(killed),
+                    "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    full = tmp_path / "full"
+    subprocess.run([*common, "--out", str(full)], check=True, stdout=subprocess.DEVNULL)
+    a = torch.load(full / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
