@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ffint8 import __version__
 from ffint8.data import DATASETS
-from ffint8.errors import DivergenceError, FFInt8Error
+from ffint8.errors import ConfigError, DivergenceError, FFInt8Error
 from ffint8.quant.gemm import KERNELS
 from ffint8.train.config import (
     ALGOS,
@@ -30,7 +31,17 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def config_file_keys() -> dict:
+    """Options a --config file may set: the config fields, spelled as the flags' destinations."""
+    from ffint8.configfile import default_valid_keys
+
+    valid = default_valid_keys()
+    valid["weight_per_channel"] = valid.pop("weight_channel")
+    valid.update(out=str, tensorboard=bool, no_progress=bool)
+    return valid
+
+
+def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffint8", description=__doc__)
     p.add_argument("--version", action="version", version=f"ffint8 {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,15 +85,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar (it is off anyway when stderr is not a terminal)")
     g.add_argument("--tensorboard", action="store_true",
                    help="also log to DIR/tensorboard (needs the tensorboard package)")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML or TOML file of option defaults; flags given here override it")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last finished epoch, with its config "
                         "(only --epochs may change)")
+
+    if train_defaults:
+        t.set_defaults(**train_defaults)
 
     e = sub.add_parser("eval", help="test accuracy of a saved model")
     e.add_argument("--checkpoint", required=True, help="a model.pt written by `ffint8 train`")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")
     e.add_argument("--limit-test", type=int, default=None)
+
+    pr = sub.add_parser("predict", help="label PNG or JPEG images with a saved model")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--invert", action="store_true",
+                    help="flip dark-on-light photos to the data set's light-on-dark")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+
+    x = sub.add_parser("export", help="export a saved model's inference graph")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--format", default="onnx", help="onnx (the only format so far)")
+    x.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+
+    sub.add_parser("info", help="versions, CPU int8 support, kernels, GPUs, energy meters")
     return p
 
 
@@ -102,6 +131,13 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "train" and args.config:
+            from ffint8.configfile import load_config_file
+
+            defaults = load_config_file(args.config, config_file_keys())
+            if "hidden" in defaults:
+                defaults["hidden"] = tuple(defaults["hidden"])
+            args = build_parser(defaults).parse_args(argv)
         if args.command == "train":
             from ffint8.train.run import resume_config, run_training
 
@@ -119,6 +155,24 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_dir, args.dataset,
                                                  args.limit_test), indent=2))
+        elif args.command == "predict":
+            from ffint8.infer import predict_files
+
+            for r in predict_files(args.checkpoint, args.images, invert=args.invert):
+                name = f" ({r['name']})" if "name" in r else ""
+                scores = " ".join(f"{v:.3f}" for v in r["scores"])
+                print(f"{r['path']}: label {r['label']}{name}  scores {scores}")
+        elif args.command == "export":
+            if args.format != "onnx":
+                raise ConfigError(f"invalid --format {args.format!r}; choose one of: onnx")
+            from ffint8.export import export_onnx
+
+            out = args.out or str(Path(args.checkpoint).with_suffix(".onnx"))
+            print(f"wrote {export_onnx(args.checkpoint, out)}")
+        elif args.command == "info":
+            from ffint8.info import collect_info, format_info
+
+            print(format_info(collect_info()))
     except DivergenceError as exc:
         print(f"ffint8: error: {exc}", file=sys.stderr)
         return 3

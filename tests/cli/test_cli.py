@@ -128,3 +128,35 @@ def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
 def test_resume_without_checkpoint(tmp_path, capsys):
     rc, err = _error(capsys, ["train", "--resume", str(tmp_path)])
     assert rc == 2 and "no checkpoint.pt" in err
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('dataset = "synthetic"\nhidden = [32]\nlimit_train = 300\nlimit_test = 50\n'
+                   'epochs = 2\nlr = 0.002\n[ff]\nlook-ahead = "chain"\n')
+    out = tmp_path / "r"
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--no-progress",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["look_ahead"] == "chain" and m["config"]["lr"] == 0.002
+    assert len(m["epochs"]) == 1  # the flag won over the file
+    assert "look_ahead: chain" in (out / "config.yaml").read_text()
+
+
+def test_bad_config_file(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("epoch: 3\n")
+    rc, err = _error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert rc == 2 and str(cfg) in err and "unknown option 'epoch'" in err
+
+
+def test_info_command(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for key in ("torch:", "cpu_int8_dot:", "int8_kernel_cpu:", "cuda_available:", "energy_rapl:"):
+        assert key in out
+
+
+def test_export_rejects_unknown_format(tmp_path, capsys):
+    rc, err = _error(capsys, ["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "tflite"])
+    assert rc == 2 and "--format" in err

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ffint8 import __version__
+from ffint8.configfile import dump_resolved
 from ffint8.data import load_dataset, to_float_images
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError, FFInt8Error
 from ffint8.models import create_model
@@ -137,6 +138,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
                          num_classes=data.num_classes)
     trainer = FFTrainer(model, cfg, data.num_classes)
     ckpt = out / "checkpoint.pt"
+    dump_resolved(cfg.to_dict(), out / "config.yaml")
     if resume:
         _, saved_cfg, blob = load_checkpoint(ckpt)
         if saved_cfg.to_dict() | {"epochs": 0} != cfg.to_dict() | {"epochs": 0}:
