@@ -31,3 +31,13 @@ def test_stochastic_forward_depends_on_seed_only():
 def test_unit_parameters_in_state_dict():
     unit = FFDense(3, 2)
     assert set(unit.state_dict()) == {"weight", "bias"}
+
+
+def test_int8_inference_does_not_depend_on_the_batch():
+    torch.manual_seed(0)
+    unit = FFDense(64, 16)
+    h = torch.rand(8, 64)
+    h[0] *= 50.0  # one loud sample must not change the others' quantisation
+    together = unit.forward_record(h, int8=True, seed=None).y
+    alone = torch.cat([unit.forward_record(h[i : i + 1], int8=True, seed=None).y for i in range(8)])
+    assert torch.equal(together, alone)

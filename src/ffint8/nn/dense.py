@@ -60,8 +60,8 @@ class FFDense(nn.Module):
     ) -> DenseRecord:
         """Forward one batch and keep what the update needs.
 
-        int8: quantise the normalised input (stochastic rounding keyed by `seed`; round to
-        nearest when seed is None, as at inference) and the weight (round to nearest, per tensor,
+        int8: quantise the normalised input (stochastic rounding keyed by `seed`, one scale for
+        the batch; when seed is None, as at inference, round to nearest with one scale per row) and the weight (round to nearest, per tensor,
         or per output unit when weight_channel) and multiply in int8 with int32 accumulation.
         """
         a, r = FF.normalize(h, norm)
@@ -70,7 +70,10 @@ class FFDense(nn.Module):
         if not int8:
             y = torch.addmm(b, a, w.t()).relu_()
             return DenseRecord(h, r, a, w, None, None, y)
-        a_q = quantize(a, "stochastic" if seed is not None else "nearest", seed=seed)
+        if seed is not None:  # training: per-tensor scale, stochastic rounding
+            a_q = quantize(a, "stochastic", seed=seed)
+        else:  # inference: one scale per row, so a sample's score does not depend on its batch
+            a_q = quantize(a, "nearest", channel_dim=0)
         w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
         w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
         z = int8_mm_scaled(a_q.q, a_q.scale, w_q.q.t(), w_scale, kernel)  # (B, N) float32
