@@ -41,6 +41,11 @@ def config_file_keys() -> dict:
     return valid
 
 
+def _expect_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--model", default=None, help="fail unless the checkpoint holds this model")
+    sp.add_argument("--algo", default=None, help="fail unless it was trained with this algorithm")
+
+
 def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffint8", description=__doc__)
     p.add_argument("--version", action="version", version=f"ffint8 {__version__}")
@@ -99,17 +104,20 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")
     e.add_argument("--limit-test", type=int, default=None)
+    _expect_flags(e)
 
     pr = sub.add_parser("predict", help="label PNG or JPEG images with a saved model")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--invert", action="store_true",
                     help="flip dark-on-light photos to the data set's light-on-dark")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
+    _expect_flags(pr)
 
     x = sub.add_parser("export", help="export a saved model's inference graph")
     x.add_argument("--checkpoint", required=True)
     x.add_argument("--format", default="onnx", help="onnx (the only format so far)")
     x.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    _expect_flags(x)
 
     sub.add_parser("info", help="versions, CPU int8 support, kernels, GPUs, energy meters")
     return p
@@ -121,7 +129,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel)
     return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
-                       epochs=TrainConfig.epochs if a.epochs is None else a.epochs, batch_size=a.batch_size, lr=a.lr,
+                       epochs=TrainConfig.epochs if a.epochs is None else a.epochs,
+                       batch_size=a.batch_size, lr=a.lr,
                        optimizer=a.optimizer,
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
@@ -138,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             if "hidden" in defaults:
                 defaults["hidden"] = tuple(defaults["hidden"])
             args = build_parser(defaults).parse_args(argv)
+        if args.command in ("eval", "predict", "export") and (args.model or args.algo):
+            from ffint8.train.run import expect_checkpoint
+
+            expect_checkpoint(args.checkpoint, args.model, args.algo)
         if args.command == "train":
             from ffint8.train.run import resume_config, run_training
 

@@ -160,3 +160,28 @@ def test_info_command(capsys):
 def test_export_rejects_unknown_format(tmp_path, capsys):
     rc, err = _error(capsys, ["export", "--checkpoint", str(tmp_path / "m.pt"), "--format", "tflite"])
     assert rc == 2 and "--format" in err
+
+
+def test_checkpoint_of_another_model_or_algorithm(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--algo", "ff-fp32", "--out", str(out)]) == 0
+    ckpt = str(out / "model.pt")
+    rc, err = _error(capsys, ["eval", "--checkpoint", ckpt, "--algo", "ff-int8"])
+    assert rc == 2 and "trained with ff-fp32" in err and "--algo ff-int8" in err
+    rc, err = _error(capsys, ["predict", "--checkpoint", ckpt, "--model", "resnet18", "x.png"])
+    assert rc == 2 and "holds mlp" in err
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", ckpt, "--algo", "ff-fp32", "--model", "mlp"]) == 0
+
+
+def test_tensorboard_flag(tmp_path, capsys):
+    out = tmp_path / "tb"
+    argv = ["train", *SMALL, "--epochs", "1", "--tensorboard", "--out", str(out)]
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        rc, err = _error(capsys, argv)
+        assert rc == 2 and "tensorboard" in err
+    else:
+        assert main(argv) == 0
+        assert any((out / "tensorboard").iterdir())

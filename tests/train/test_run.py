@@ -83,3 +83,20 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path):
     a = torch.load(full / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_weight_after_last_step_is_caught_before_the_checkpoint(tmp_path, monkeypatch):
+    original = torch.optim.Adam.step
+    calls = []
+
+    def poisoned_step(self, *a, **kw):
+        out = original(self, *a, **kw)
+        calls.append(1)
+        if len(calls) == 10:  # 300 samples / 32 = 10 steps: only the last update goes bad
+            self.param_groups[0]["params"][2].data[0, 0] = float("inf")  # unit 2's weight
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
+    with pytest.raises(DivergenceError, match="epoch 1, step 10: the weights of unit 2 are no longer"):
+        run_training(small_cfg(epochs=1), tmp_path, progress=False, log=lambda s: None)
+    assert not (tmp_path / "checkpoint.pt").exists()

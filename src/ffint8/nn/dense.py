@@ -61,8 +61,9 @@ class FFDense(nn.Module):
         """Forward one batch and keep what the update needs.
 
         int8: quantise the normalised input (stochastic rounding keyed by `seed`, one scale for
-        the batch; when seed is None, as at inference, round to nearest with one scale per row) and the weight (round to nearest, per tensor,
-        or per output unit when weight_channel) and multiply in int8 with int32 accumulation.
+        the batch; when seed is None, as at inference, round to nearest with one scale per row)
+        and the weight (round to nearest, per tensor, or per output unit when weight_channel),
+        and multiply in int8 with int32 accumulation.
         """
         a, r = FF.normalize(h, norm)
         w = self.weight.detach()

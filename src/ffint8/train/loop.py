@@ -131,6 +131,11 @@ class FFTrainer:
                 bar.set_postfix(loss=f"{res.losses.sum().item():.4f}")
         seconds = time.perf_counter() - start
         bar.close()
+        for i, u in enumerate(units):  # the last update must not leave a NaN for the checkpoint
+            if not (torch.isfinite(u.weight).all() and torch.isfinite(u.bias).all()):
+                raise DivergenceError(
+                    f"training diverged at epoch {self.epoch + 1}, step {len(steps)}: the weights "
+                    f"of unit {i + 1} are no longer finite; try a smaller --lr")
         return total.item() / len(steps), seconds
 
     @torch.no_grad()

@@ -83,6 +83,15 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
     return model, cfg, blob
 
 
+def expect_checkpoint(path: str | Path, model: str | None = None, algo: str | None = None) -> None:
+    """A clear error when a checkpoint holds another model or algorithm than the one asked for."""
+    _, cfg, _ = load_checkpoint(path)
+    for flag, want, have in (("--model", model, cfg.model), ("--algo", algo, cfg.ff.algo)):
+        if want is not None and want != have:
+            raise CheckpointError(f"{path}: holds {cfg.model} trained with {cfg.ff.algo}, "
+                                  f"not the {flag} {want} asked for")
+
+
 def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig:
     """The config a run directory was started with (epochs replaced when given)."""
     path = Path(run_dir) / "checkpoint.pt"
