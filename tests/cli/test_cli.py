@@ -185,3 +185,11 @@ def test_tensorboard_flag(tmp_path, capsys):
     else:
         assert main(argv) == 0
         assert any((out / "tensorboard").iterdir())
+
+
+def test_progress_bar_off_when_not_a_terminal(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ffint8", "train", *SMALL[:-1], "--epochs", "1",
+                          "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "step/s" not in res.stderr and "s/step" not in res.stderr and "\r" not in res.stderr
+    assert "epoch   1" in res.stdout  # the per-epoch line still reports progress
