@@ -12,23 +12,9 @@ from ffint8.models import create_model
 from ffint8.quant import QMAX
 from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.loop import FFTrainer
-from ffint8.train.run import load_checkpoint, run_training
+from ffint8.train.run import load_checkpoint
 
 ALGOS = ["ff-fp32", "ff-int8"]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """A tiny trained model.pt per algo (about 94% test accuracy). Trained less (1 epoch of 300
-    samples, about 45%), its scores are so close that int8 rounding flips 10-15% of the labels."""
-    out = {}
-    for algo in ALGOS:
-        run_dir = tmp_path_factory.mktemp(algo)
-        cfg = TrainConfig(dataset="synthetic", hidden=(32, 32), epochs=2, limit_train=600,
-                          limit_test=50, lr=0.003, ff=FFConfig(algo=algo))
-        run_training(cfg, run_dir, progress=False, log=lambda s: None)
-        out[algo] = run_dir / "model.pt"
-    return out
 
 
 @pytest.fixture(scope="module")
