@@ -15,6 +15,7 @@ from ffint8.train.config import (
     ALGOS,
     GOODNESS,
     LOOK_AHEAD,
+    LOSSES,
     LR_SCHEDULES,
     NORMS,
     OPTIMIZERS,
@@ -70,6 +71,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--lambda-step", type=float, default=f.lambda_step, help="added every epoch")
     g.add_argument("--goodness", default=f.goodness, help=f"one of {', '.join(GOODNESS)}")
     g.add_argument("--theta", type=float, default=f.theta)
+    g.add_argument("--loss", default=f.loss, help=f"one of {', '.join(LOSSES)} (symba: on G_pos - G_neg)")
+    g.add_argument("--symba-alpha", type=float, default=f.symba_alpha)
     g.add_argument("--norm", default=f.norm, help=f"one of {', '.join(NORMS)}")
     g.add_argument("--schedule", default=f.schedule, help=f"one of {', '.join(SCHEDULES)}")
     g.add_argument("--int8-kernel", default=f.int8_kernel, help=f"one of {', '.join(KERNELS)}")
@@ -125,6 +128,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     ff = FFConfig(algo=a.algo, look_ahead=a.look_ahead, goodness=a.goodness, theta=a.theta,
+                  loss=a.loss, symba_alpha=a.symba_alpha,
                   norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel)

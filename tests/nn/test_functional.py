@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ffint8.nn import functional as FF
 
@@ -62,3 +63,12 @@ def test_loss_values_match_definition():
     neg = FF.ff_loss(g, torch.zeros(2), 2.0)
     torch.testing.assert_close(pos, torch.log1p(torch.exp(-(g - 2.0))))
     torch.testing.assert_close(neg, torch.log1p(torch.exp(g - 2.0)))
+
+
+def test_symba_loss_and_gradient():
+    g = torch.tensor([3.0, 1.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)  # 2 pairs
+    loss = FF.symba_loss(g, 4.0)
+    torch.testing.assert_close(loss.detach(), F.softplus(-4.0 * torch.tensor([2.5, -1.0],
+                                                                             dtype=torch.float64)))
+    (want,) = torch.autograd.grad(loss.sum(), g)
+    torch.testing.assert_close(FF.symba_loss_grad(g.detach(), 4.0), want, rtol=0, atol=1e-12)

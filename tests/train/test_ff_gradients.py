@@ -28,7 +28,7 @@ def autograd_losses(units, x, t, cfg):
         goods.append(FF.goodness(y, cfg.goodness))
         h = y
     for g in goods:
-        losses.append(FF.ff_loss(g, t, cfg.theta).mean())
+        losses.append(FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha))
     return losses, goods
 
 
@@ -43,7 +43,8 @@ def expected_grads(units, x, t, cfg, lam):
             objective = losses[l] + lam * sum(losses[j] for j in range(l + 1, min(n, l + depth + 1)))
         elif cfg.look_ahead == "collab":
             others = sum(g.detach() for j, g in enumerate(goods) if j != l)
-            objective = FF.ff_loss(goods[l] + lam * others, t, cfg.theta).mean()
+            objective = FF.unit_loss(goods[l] + lam * others, t, cfg.loss, cfg.theta,
+                                     cfg.symba_alpha)
         else:
             objective = losses[l]
         gw, gb = torch.autograd.grad(objective, [unit.weight, unit.bias])
@@ -52,17 +53,20 @@ def expected_grads(units, x, t, cfg, lam):
 
 
 @pytest.mark.parametrize(
-    "look_ahead,depth,norm,goodness",
+    "look_ahead,depth,norm,goodness,loss",
     [
-        ("none", None, "rms", "mean"),
-        ("collab", None, "rms", "mean"),
-        ("chain", None, "rms", "mean"),
-        ("chain", 1, "rms", "mean"),
-        ("chain", 2, "l2", "sum"),
-        ("collab", None, "l2", "sum"),
+        ("none", None, "rms", "mean", "ff"),
+        ("collab", None, "rms", "mean", "ff"),
+        ("chain", None, "rms", "mean", "ff"),
+        ("chain", 1, "rms", "mean", "ff"),
+        ("chain", 2, "l2", "sum", "ff"),
+        ("collab", None, "l2", "sum", "ff"),
+        ("none", None, "rms", "mean", "symba"),
+        ("collab", None, "rms", "mean", "symba"),
+        ("chain", 2, "rms", "mean", "symba"),
     ],
 )
-def test_float_gradients_match_autograd(look_ahead, depth, norm, goodness):
+def test_float_gradients_match_autograd(look_ahead, depth, norm, goodness, loss):
     sizes = [12, 9, 8, 7, 6]
     units = make_units(sizes)
     gen = torch.Generator().manual_seed(1)
@@ -70,7 +74,7 @@ def test_float_gradients_match_autograd(look_ahead, depth, norm, goodness):
     t = torch.tensor([1.0] * 5 + [0.0] * 5, dtype=torch.float64)
     theta = 2.0 if goodness == "mean" else 6.0
     cfg = FFConfig(algo="ff-fp32", look_ahead=look_ahead, chain_depth=depth, norm=norm,
-                   goodness=goodness, theta=theta)
+                   goodness=goodness, theta=theta, loss=loss, symba_alpha=1.7)
     lam = 0.37
     want = expected_grads(units, x, t, cfg, lam)
     ff_gradients(units, x, t, cfg, lam, SeedStream(0))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 Goodness = Literal["mean", "sum"]
+Loss = Literal["ff", "symba"]
 Norm = Literal["rms", "l2"]
 EPS = 1e-8
 
@@ -61,3 +62,31 @@ def ff_loss(g_eff: torch.Tensor, t: torch.Tensor, theta: float) -> torch.Tensor:
 def ff_loss_grad(g_eff: torch.Tensor, t: torch.Tensor, theta: float) -> torch.Tensor:
     """d ff_loss / dG per sample: sigmoid(G - theta) - t. (B,) -> (B,)."""
     return torch.sigmoid(g_eff - theta) - t
+
+
+def symba_loss(g_eff: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SymBa loss per pair: softplus(-alpha * (G_pos - G_neg)). Rows 0..B-1 of g_eff (2B,) are the
+    positives, rows B..2B-1 their negatives (the same images with wrong labels). -> (B,)."""
+    b = g_eff.shape[0] // 2
+    return F.softplus(-alpha * (g_eff[:b] - g_eff[b:]))
+
+
+def symba_loss_grad(g_eff: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d symba_loss[i] / dG for each row, the pair's loss only: (2B,) -> (2B,)."""
+    b = g_eff.shape[0] // 2
+    s = alpha * torch.sigmoid(-alpha * (g_eff[:b] - g_eff[b:]))
+    return torch.cat([-s, s])
+
+
+def unit_loss(g_eff: torch.Tensor, t: torch.Tensor, kind: Loss, theta: float,
+              alpha: float) -> torch.Tensor:
+    """One unit's loss averaged over the batch: eqs. 1-2 ("ff") or SymBa ("symba")."""
+    return ff_loss(g_eff, t, theta).mean() if kind == "ff" else symba_loss(g_eff, alpha).mean()
+
+
+def unit_loss_grad(g_eff: torch.Tensor, t: torch.Tensor, kind: Loss, theta: float,
+                   alpha: float) -> torch.Tensor:
+    """d unit_loss / dG per row, the batch mean folded in: (2B,) -> (2B,)."""
+    if kind == "ff":
+        return ff_loss_grad(g_eff, t, theta) / g_eff.shape[0]
+    return symba_loss_grad(g_eff, alpha) / (g_eff.shape[0] // 2)

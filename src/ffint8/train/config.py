@@ -10,6 +10,7 @@ from ffint8.errors import ConfigError
 ALGOS = ("ff-int8", "ff-fp32")
 LOOK_AHEAD = ("none", "collab", "chain")
 GOODNESS = ("mean", "sum")
+LOSSES = ("ff", "symba")
 NORMS = ("rms", "l2")
 SCHEDULES = ("simultaneous", "greedy")
 OPTIMIZERS = ("adam", "sgd")
@@ -29,6 +30,8 @@ class FFConfig:
     look_ahead: str = "collab"
     goodness: str = "mean"
     theta: float = 2.0
+    loss: str = "ff"  # eqs. 1-2, or "symba": softplus(-alpha (G_pos - G_neg)) per pair
+    symba_alpha: float = 4.0
     norm: str = "rms"
     lambda_start: float = 0.0
     lambda_step: float = 0.001  # added after every epoch
@@ -41,6 +44,9 @@ class FFConfig:
         _choice("--algo", self.algo, ALGOS)
         _choice("--look-ahead", self.look_ahead, LOOK_AHEAD)
         _choice("--goodness", self.goodness, GOODNESS)
+        _choice("--loss", self.loss, LOSSES)
+        if not self.symba_alpha > 0:
+            raise ConfigError(f"--symba-alpha must be > 0, got {self.symba_alpha}")
         _choice("--norm", self.norm, NORMS)
         _choice("--schedule", self.schedule, SCHEDULES)
         from ffint8.quant.gemm import KERNELS

@@ -90,17 +90,16 @@ def ff_gradients(
     """Forward x (B, D) with targets t (B,) once, then set .grad of every unit's parameters."""
     records = forward_records(units, x, cfg, seeds)
     n_units = len(units)
-    batch = x.shape[0]
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
     if cfg.look_ahead == "collab" and lam != 0.0:
         total = torch.stack(goods).sum(0)
         g_eff = [g + lam * (total - g) for g in goods]  # others' goodness as constants
-    losses = torch.stack([FF.ff_loss(g, t, cfg.theta).mean() for g in g_eff])
+    losses = torch.stack([FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha) for g in g_eff])
     # Local dL_l/dz_l, with the mean over the batch folded in: (B, N) each.
     local = []
     for rec, g in zip(records, g_eff):
-        d_g = FF.ff_loss_grad(g, t, cfg.theta) / batch
+        d_g = FF.unit_loss_grad(g, t, cfg.loss, cfg.theta, cfg.symba_alpha)
         factor = FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
         local.append((d_g * factor).unsqueeze(1) * rec.y)
 
