@@ -73,6 +73,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--theta", type=float, default=f.theta)
     g.add_argument("--loss", default=f.loss, help=f"one of {', '.join(LOSSES)} (symba: on G_pos - G_neg)")
     g.add_argument("--symba-alpha", type=float, default=f.symba_alpha)
+    g.add_argument("--peer-weight", type=float, default=f.peer_weight,
+                   help="peer normalisation weight in every unit's loss (0: off)")
     g.add_argument("--norm", default=f.norm, help=f"one of {', '.join(NORMS)}")
     g.add_argument("--schedule", default=f.schedule, help=f"one of {', '.join(SCHEDULES)}")
     g.add_argument("--int8-kernel", default=f.int8_kernel, help=f"one of {', '.join(KERNELS)}")
@@ -128,7 +130,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     ff = FFConfig(algo=a.algo, look_ahead=a.look_ahead, goodness=a.goodness, theta=a.theta,
-                  loss=a.loss, symba_alpha=a.symba_alpha,
+                  loss=a.loss, symba_alpha=a.symba_alpha, peer_weight=a.peer_weight,
                   norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel)

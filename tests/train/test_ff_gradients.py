@@ -21,15 +21,17 @@ def make_units(sizes, seed=0):
 
 def autograd_losses(units, x, t, cfg):
     """Forward without detaching between units; return every unit's loss L_j and goodness G_j."""
-    h, losses, goods = x, [], []
+    h, losses, goods, ys = x, [], [], []
     for u in units:
         a, _ = FF.normalize(h, cfg.norm)
         y = F.relu(a @ u.weight.t() + u.bias)
         goods.append(FF.goodness(y, cfg.goodness))
+        ys.append(y)
         h = y
-    for g in goods:
-        losses.append(FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha))
-    return losses, goods
+    for g, y in zip(goods, ys):
+        losses.append(FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha)
+                      + FF.peer_loss(y, cfg.peer_weight))
+    return losses, goods, ys
 
 
 def expected_grads(units, x, t, cfg, lam):
@@ -38,13 +40,13 @@ def expected_grads(units, x, t, cfg, lam):
     n = len(units)
     depth = n if cfg.chain_depth is None else cfg.chain_depth
     for l, unit in enumerate(units):
-        losses, goods = autograd_losses(units, x, t, cfg)
+        losses, goods, ys = autograd_losses(units, x, t, cfg)
         if cfg.look_ahead == "chain":
             objective = losses[l] + lam * sum(losses[j] for j in range(l + 1, min(n, l + depth + 1)))
         elif cfg.look_ahead == "collab":
             others = sum(g.detach() for j, g in enumerate(goods) if j != l)
             objective = FF.unit_loss(goods[l] + lam * others, t, cfg.loss, cfg.theta,
-                                     cfg.symba_alpha)
+                                     cfg.symba_alpha) + FF.peer_loss(ys[l], cfg.peer_weight)
         else:
             objective = losses[l]
         gw, gb = torch.autograd.grad(objective, [unit.weight, unit.bias])
@@ -53,20 +55,23 @@ def expected_grads(units, x, t, cfg, lam):
 
 
 @pytest.mark.parametrize(
-    "look_ahead,depth,norm,goodness,loss",
+    "look_ahead,depth,norm,goodness,loss,peer",
     [
-        ("none", None, "rms", "mean", "ff"),
-        ("collab", None, "rms", "mean", "ff"),
-        ("chain", None, "rms", "mean", "ff"),
-        ("chain", 1, "rms", "mean", "ff"),
-        ("chain", 2, "l2", "sum", "ff"),
-        ("collab", None, "l2", "sum", "ff"),
-        ("none", None, "rms", "mean", "symba"),
-        ("collab", None, "rms", "mean", "symba"),
-        ("chain", 2, "rms", "mean", "symba"),
+        ("none", None, "rms", "mean", "ff", 0.0),
+        ("collab", None, "rms", "mean", "ff", 0.0),
+        ("chain", None, "rms", "mean", "ff", 0.0),
+        ("chain", 1, "rms", "mean", "ff", 0.0),
+        ("chain", 2, "l2", "sum", "ff", 0.0),
+        ("collab", None, "l2", "sum", "ff", 0.0),
+        ("none", None, "rms", "mean", "symba", 0.0),
+        ("collab", None, "rms", "mean", "symba", 0.0),
+        ("chain", 2, "rms", "mean", "symba", 0.0),
+        ("none", None, "rms", "mean", "ff", 0.3),
+        ("chain", None, "rms", "mean", "ff", 0.3),
+        ("collab", None, "l2", "mean", "symba", 0.3),
     ],
 )
-def test_float_gradients_match_autograd(look_ahead, depth, norm, goodness, loss):
+def test_float_gradients_match_autograd(look_ahead, depth, norm, goodness, loss, peer):
     sizes = [12, 9, 8, 7, 6]
     units = make_units(sizes)
     gen = torch.Generator().manual_seed(1)
@@ -74,7 +79,8 @@ def test_float_gradients_match_autograd(look_ahead, depth, norm, goodness, loss)
     t = torch.tensor([1.0] * 5 + [0.0] * 5, dtype=torch.float64)
     theta = 2.0 if goodness == "mean" else 6.0
     cfg = FFConfig(algo="ff-fp32", look_ahead=look_ahead, chain_depth=depth, norm=norm,
-                   goodness=goodness, theta=theta, loss=loss, symba_alpha=1.7)
+                   goodness=goodness, theta=theta, loss=loss, symba_alpha=1.7,
+                   peer_weight=peer)
     lam = 0.37
     want = expected_grads(units, x, t, cfg, lam)
     ff_gradients(units, x, t, cfg, lam, SeedStream(0))

@@ -90,3 +90,18 @@ def unit_loss_grad(g_eff: torch.Tensor, t: torch.Tensor, kind: Loss, theta: floa
     if kind == "ff":
         return ff_loss_grad(g_eff, t, theta) / g_eff.shape[0]
     return symba_loss_grad(g_eff, alpha) / (g_eff.shape[0] // 2)
+
+
+def peer_loss(y: torch.Tensor, weight: float) -> torch.Tensor:
+    """Peer normalisation as an explicit loss: weight * sum_j (m_j - mean_k m_k)^2 with m_j the
+    batch-mean activity of unit j. Pushes every unit towards the layer's average activity, so no
+    unit dies or dominates. (B, N) -> scalar."""
+    m = y.mean(dim=0)
+    return weight * (m - m.mean()).square().sum()
+
+
+def peer_loss_grad(y: torch.Tensor, weight: float) -> torch.Tensor:
+    """d peer_loss / dy: 2 * weight * (m_j - mean m) / B on every row (the mean's own term
+    vanishes because the deviations sum to zero). (B, N) -> (B, N)."""
+    m = y.mean(dim=0)
+    return (2.0 * weight / y.shape[0]) * (m - m.mean()).expand_as(y)

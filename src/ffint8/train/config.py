@@ -32,6 +32,7 @@ class FFConfig:
     theta: float = 2.0
     loss: str = "ff"  # eqs. 1-2, or "symba": softplus(-alpha (G_pos - G_neg)) per pair
     symba_alpha: float = 4.0
+    peer_weight: float = 0.0  # peer normalisation added to every unit's loss (0: off)
     norm: str = "rms"
     lambda_start: float = 0.0
     lambda_step: float = 0.001  # added after every epoch
@@ -45,6 +46,8 @@ class FFConfig:
         _choice("--look-ahead", self.look_ahead, LOOK_AHEAD)
         _choice("--goodness", self.goodness, GOODNESS)
         _choice("--loss", self.loss, LOSSES)
+        if self.peer_weight < 0:
+            raise ConfigError(f"--peer-weight must be >= 0, got {self.peer_weight}")
         if not self.symba_alpha > 0:
             raise ConfigError(f"--symba-alpha must be > 0, got {self.symba_alpha}")
         _choice("--norm", self.norm, NORMS)

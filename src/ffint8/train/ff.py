@@ -96,12 +96,17 @@ def ff_gradients(
         total = torch.stack(goods).sum(0)
         g_eff = [g + lam * (total - g) for g in goods]  # others' goodness as constants
     losses = torch.stack([FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha) for g in g_eff])
+    if cfg.peer_weight:
+        losses = losses + torch.stack([FF.peer_loss(r.y, cfg.peer_weight) for r in records])
     # Local dL_l/dz_l, with the mean over the batch folded in: (B, N) each.
     local = []
     for rec, g in zip(records, g_eff):
         d_g = FF.unit_loss_grad(g, t, cfg.loss, cfg.theta, cfg.symba_alpha)
         factor = FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
-        local.append((d_g * factor).unsqueeze(1) * rec.y)
+        g_z = (d_g * factor).unsqueeze(1) * rec.y
+        if cfg.peer_weight:
+            g_z = g_z + FF.peer_loss_grad(rec.y, cfg.peer_weight) * (rec.y > 0)
+        local.append(g_z)
 
     chain = cfg.look_ahead == "chain" and lam != 0.0
     depth = n_units if cfg.chain_depth is None else cfg.chain_depth
