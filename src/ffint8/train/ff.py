@@ -110,7 +110,8 @@ def ff_gradients(
 
     chain = cfg.look_ahead == "chain" and lam != 0.0
     depth = n_units if cfg.chain_depth is None else cfg.chain_depth
-    # Chain: signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l.
+    # Chain: signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l
+    # (signals[0]: the sum of those that reach every unit).
     signals: dict[int, torch.Tensor] = {}
     for l in range(n_units - 1, -1, -1):
         rec, unit = records[l], units[l]
@@ -124,7 +125,14 @@ def ff_gradients(
         if not chain or l == 0:
             continue
         # Pass each loss that still reaches unit l-1 (j <= l-1 + depth) down through unit l.
-        live = {j: s * mask for j, s in signals.items() if j <= l - 1 + depth}
-        live[l] = local[l]
+        # Losses with j <= depth reach every unit below them, so they travel as one summed
+        # signal (key 0); the others each keep their own, to be dropped when out of range.
+        live: dict[int, torch.Tensor] = {}
+        for j, s in [*signals.items(), (l, local[l])]:
+            if j > l - 1 + depth:
+                continue
+            s = s * mask if j != l else s
+            key = 0 if j <= depth else j
+            live[key] = live[key] + s if key in live else s
         signals = {j: _input_grad(s, rec, cfg, seeds) for j, s in live.items()}
     return StepResult(losses.detach(), torch.stack(goods).detach())
