@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ffint8.errors import ConfigError
+from ffint8.fileio import write_text_atomic
 from ffint8.train.config import FFConfig, TrainConfig
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -215,22 +215,6 @@ def _plain(obj: Any) -> Any:
     return os.fspath(obj) if isinstance(obj, os.PathLike) else obj
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def dump_resolved(cfg_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write the resolved config to `path` atomically (temporary file + os.replace).
 
@@ -246,4 +230,4 @@ def dump_resolved(cfg_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
         import yaml
 
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
-    _atomic_write(Path(path), text)
+    write_text_atomic(path, text)

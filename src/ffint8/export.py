@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from ffint8.errors import ConfigError, FFInt8Error
+from ffint8.fileio import atomic_path
 from ffint8.infer import class_names
 from ffint8.nn.functional import EPS
 from ffint8.quant import quantize
@@ -223,11 +223,9 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, opset: int | None 
     if opset is not None and _graph_opset(proto) != opset:
         raise ConfigError(f"--opset {opset}: the exporter wrote opset {_graph_opset(proto)} instead")
     _annotate(proto, blob, module)
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            onnx.save(proto, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FFInt8Error(f"{out}: cannot write the ONNX file ({exc.strerror})") from None
     return out

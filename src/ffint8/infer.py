@@ -106,9 +106,8 @@ def predict_files(checkpoint: str | Path, paths: Sequence[str | Path],
     score), "scores" (C floats: the goodness summed over units with each label embedded) and,
     for fashion-mnist and mnist checkpoints, "name" (the label's class name).
 
-    The INT8 path (ff-int8) quantises each unit's input per tensor over the whole batch, so
-    its scores depend a little on which images are scored together; all files are scored in
-    batches of the checkpoint's eval_batch_size."""
+    The INT8 path (ff-int8) quantises each unit's input with one scale per image, so a file's
+    scores do not depend on the others; files are scored in batches of eval_batch_size."""
     model, cfg, blob = load_checkpoint(checkpoint)
     num_classes, in_features = int(blob["num_classes"]), int(blob["in_features"])
     x = load_images(paths, in_features, invert)

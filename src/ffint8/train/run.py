@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from ffint8 import __version__
 from ffint8.configfile import dump_resolved
 from ffint8.data import load_dataset, to_float_images
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError, FFInt8Error
+from ffint8.fileio import atomic_path, write_text_atomic
 from ffint8.models import create_model
 from ffint8.quant import fastsr
 from ffint8.quant.gemm import cpu_has_int8_dot, resolve_kernel
@@ -38,9 +38,7 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_checkpoint(path: Path, cfg: TrainConfig, num_classes: int, in_features: int,
@@ -55,9 +53,8 @@ def save_checkpoint(path: Path, cfg: TrainConfig, num_classes: int, in_features:
         blob["state_dict"] = model.state_dict()
     if trainer is not None:
         blob["trainer"] = trainer.state_dict()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
@@ -105,14 +102,12 @@ def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig
 
 def write_epoch_csv(path: Path, history: list[EpochLog]) -> None:
     """The per-epoch log as CSV, rewritten whole (atomically) after every epoch."""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "train_loss", "test_accuracy", "seconds", "lambda", "unit"])
         for e in history:
             w.writerow([e.epoch, e.train_loss, e.test_accuracy, e.seconds, e.lam,
                         "" if e.unit is None else e.unit])
-    os.replace(tmp, path)
 
 
 def open_tensorboard(out: Path):
