@@ -12,8 +12,6 @@ rounding and every GEMM is int8 x int8 -> int32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ffint8.nn import functional as FF
@@ -33,14 +31,6 @@ class SeedStream:
     def next(self) -> int:
         self.counter += 1
         return mix64(self.base ^ self.counter)
-
-
-@dataclass
-class StepResult:
-    """Per-unit FF losses (as each unit's objective defines them) and mean goodness, float tensors."""
-
-    losses: torch.Tensor  # (L,)
-    goodness: torch.Tensor  # (L, B)
 
 
 def forward_records(
@@ -86,8 +76,9 @@ def ff_gradients(
     cfg: FFConfig,
     lam: float,
     seeds: SeedStream,
-) -> StepResult:
-    """Forward x (B, D) with targets t (B,) once, then set .grad of every unit's parameters."""
+) -> torch.Tensor:
+    """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
+    return each unit's loss as its objective defines it: (L,), detached."""
     records = forward_records(units, x, cfg, seeds)
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
@@ -135,4 +126,4 @@ def ff_gradients(
             key = 0 if j <= depth else j
             live[key] = live[key] + s if key in live else s
         signals = {j: _input_grad(s, rec, cfg, seeds) for j, s in live.items()}
-    return StepResult(losses.detach(), torch.stack(goods).detach())
+    return losses.detach()

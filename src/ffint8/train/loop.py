@@ -91,11 +91,9 @@ class FFTrainer:
         return x, t
 
     def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
-                    unit: int | None = None, progress: bool = False,
-                    total_epochs: int | None = None) -> tuple[float, float]:
+                    unit: int | None = None, progress: bool = False) -> tuple[float, float]:
         """One pass over the data. unit: greedy schedule, train only units[unit] (and forward
-        through the ones below it). total_epochs: the length of the learning-rate schedule
-        (default cfg.epochs). Returns (mean summed loss per step, seconds)."""
+        through the ones below it). Returns (mean summed loss per step, seconds)."""
         ff = self.cfg.ff
         lam = ff.lam(self.epoch) if ff.look_ahead != "none" else 0.0
         units = self.units if unit is None else self.units[: unit + 1]
@@ -106,29 +104,28 @@ class FFTrainer:
         bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
                    disable=not (progress and sys.stderr.isatty()))
         total = torch.zeros(())
-        schedule_epochs = total_epochs or self.cfg.epochs
-        phase = self.epoch % schedule_epochs  # greedy: each unit runs the schedule afresh
+        phase = self.epoch % self.cfg.epochs  # greedy: each unit runs the schedule afresh
         start = time.perf_counter()
         for step, i in enumerate(bar):
-            lr = self.cfg.lr_at((phase + step / len(steps)) / schedule_epochs)
+            lr = self.cfg.lr_at((phase + step / len(steps)) / self.cfg.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             idx = perm[i : i + bs]
             x, t = self._batch(x_train[idx], y_train[idx])
-            res = ff_gradients(units, x, t, ff, lam, self.seeds)
-            if not bool(torch.isfinite(res.losses).all()):
-                bad = int((~torch.isfinite(res.losses)).nonzero()[0])
+            losses = ff_gradients(units, x, t, ff, lam, self.seeds)
+            if not bool(torch.isfinite(losses).all()):
+                bad = int((~torch.isfinite(losses)).nonzero()[0])
                 raise DivergenceError(
                     f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the loss of "
                     f"unit {bad + 1} is "
-                    f"{res.losses[bad].item()}; try a smaller --lr")
+                    f"{losses[bad].item()}; try a smaller --lr")
             if unit is not None:
                 for u in self.units[:unit]:
                     u.weight.grad = u.bias.grad = None  # greedy: lower units are frozen
             self.optimizer.step()
-            total += res.losses.sum()
+            total += losses.sum()
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{res.losses.sum().item():.4f}")
+                bar.set_postfix(loss=f"{losses.sum().item():.4f}")
         seconds = time.perf_counter() - start
         bar.close()
         for i, u in enumerate(units):  # the last update must not leave a NaN for the checkpoint
