@@ -17,8 +17,11 @@ from ffint8.train.config import (
     LOOK_AHEAD,
     LOSSES,
     LR_SCHEDULES,
+    NEGATIVES,
     NORMS,
     OPTIMIZERS,
+    PREDICT,
+    PRESETS,
     SCHEDULES,
     FFConfig,
     TrainConfig,
@@ -79,6 +82,10 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--schedule", default=f.schedule, help=f"one of {', '.join(SCHEDULES)}")
     g.add_argument("--int8-kernel", default=f.int8_kernel, help=f"one of {', '.join(KERNELS)}")
     g.add_argument("--weight-per-channel", action="store_true", help="one weight scale per unit")
+    g.add_argument("--predict", default=f.predict,
+                   help=f"one of {', '.join(PREDICT)} (softmax: a readout on one neutral-label pass)")
+    g.add_argument("--negatives", default=f.negatives,
+                   help=f"one of {', '.join(NEGATIVES)} (hard: wrong labels the model now prefers)")
     g = t.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -95,6 +102,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                    help="no progress bar (it is off anyway when stderr is not a terminal)")
     g.add_argument("--tensorboard", action="store_true",
                    help="also log to DIR/tensorboard (needs the tensorboard package)")
+    g.add_argument("--preset", default=None,
+                   help=f"named settings under --config and flags: {', '.join(PRESETS)} "
+                        "(paper: the FF-INT8 paper's own configuration)")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="YAML or TOML file of option defaults; flags given here override it")
     g.add_argument("--resume", metavar="DIR", default=None,
@@ -133,7 +143,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   loss=a.loss, symba_alpha=a.symba_alpha, peer_weight=a.peer_weight,
                   norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
-                  weight_channel=a.weight_per_channel)
+                  weight_channel=a.weight_per_channel, predict=a.predict, negatives=a.negatives)
     return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
                        epochs=TrainConfig.epochs if a.epochs is None else a.epochs,
                        batch_size=a.batch_size, lr=a.lr,
@@ -143,16 +153,30 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        limit_test=a.limit_test, threads=a.threads, ff=ff)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; for train, defaults come from built-ins < --preset < --config <
+    flags. A bad preset or config file is a ConfigError."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "train" and args.config:
+    if args.command == "train" and (args.config or args.preset):
+        defaults = {}
+        if args.preset:
+            if args.preset not in PRESETS:
+                raise ConfigError(f"invalid --preset {args.preset!r}; choose one of: "
+                                  f"{', '.join(PRESETS)}")
+            defaults.update(PRESETS[args.preset])
+        if args.config:
             from ffint8.configfile import load_config_file
 
-            defaults = load_config_file(args.config, config_file_keys())
-            if "hidden" in defaults:
-                defaults["hidden"] = tuple(defaults["hidden"])
-            args = build_parser(defaults).parse_args(argv)
+            defaults.update(load_config_file(args.config, config_file_keys()))
+        if "hidden" in defaults:
+            defaults["hidden"] = tuple(defaults["hidden"])
+        args = build_parser(defaults).parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
         if args.command in ("eval", "predict", "export") and (args.model or args.algo):
             from ffint8.train.run import expect_checkpoint
 

@@ -78,6 +78,14 @@ class FFInference(nn.Module):
             self.register_buffer(f"weight{i}", export_weight(unit.weight, ff))
             self.register_buffer(f"bias{i}", unit.bias.detach().float().clone())
         self.num_units = len(units)
+        self.predict = ff.predict
+        if ff.predict == "softmax":  # one neutral-label pass and the linear readout
+            neutral = torch.zeros(in_features)
+            neutral[:num_classes] = 1.0 / num_classes
+            self.register_buffer("neutral", neutral)
+            self.readout_units = list(model.readout_units)
+            self.register_buffer("readout_weight", model.readout.weight.detach().float().clone())
+            self.register_buffer("readout_bias", model.readout.bias.detach().float().clone())
 
     def embed_all(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (C * B, D): the images with label 0 embedded, then label 1, and so on.
@@ -99,7 +107,17 @@ class FFInference(nn.Module):
         return sq.mean(dim=1) if self.goodness == "mean" else sq.sum(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D) float images in [0, 1] -> (B, C) goodness sums, one column per label."""
+        """(B, D) float images in [0, 1] -> (B, C) goodness sums, one column per label (or the
+        softmax readout's logits, for a model trained with --predict softmax)."""
+        if self.predict == "softmax":
+            h = x.float() * self.keep + self.neutral
+            feats = []
+            for i in range(self.num_units):
+                w, b = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
+                h = torch.addmm(b, self.normalize(h), w.t()).relu()
+                if i in self.readout_units:
+                    feats.append(self.normalize(h))
+            return torch.addmm(self.readout_bias, torch.cat(feats, dim=1), self.readout_weight.t())
         h = self.embed_all(x.float())
         total = None
         for i in range(self.num_units):  # fixed at export time

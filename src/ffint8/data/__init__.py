@@ -12,7 +12,13 @@ from ffint8.data.datasets import (
     make_synthetic,
 )
 from ffint8.data.idx import read_idx, write_idx
-from ffint8.data.labels import embed_label, sample_negative_labels, to_float_images
+from ffint8.data.labels import (
+    embed_label,
+    embed_neutral,
+    hard_negative_labels,
+    sample_negative_labels,
+    to_float_images,
+)
 
 __all__ = [
     "DATASETS",
@@ -20,6 +26,8 @@ __all__ = [
     "Dataset",
     "Split",
     "embed_label",
+    "embed_neutral",
+    "hard_negative_labels",
     "load_dataset",
     "load_mnist_format",
     "make_synthetic",

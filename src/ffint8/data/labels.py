@@ -64,6 +64,46 @@ def sample_negative_labels(
     return (labels.to(torch.int64) + offsets.to(labels.device)) % num_classes
 
 
+def embed_neutral(x: torch.Tensor, num_classes: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Write the neutral label (1 / num_classes in each of the first num_classes features) into
+    every row of float (B, D) x: the input a softmax readout sees, at training and at test."""
+    if x.dim() != 2 or not 1 <= num_classes <= x.shape[1]:
+        raise ValueError(f"x must be (B, D) with D >= num_classes, got shape {tuple(x.shape)}")
+    result = x.clone() if out is None else out.copy_(x)
+    result[:, :num_classes] = 1.0 / num_classes
+    return result
+
+
+def hard_negative_labels(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw, for each sample, a wrong label with probability softmax(scores) over the wrong
+    labels only: the classes the model currently confuses with the true one come up most.
+
+    Args:
+        scores: float (B, C) logits (or any class scores) of the model's current prediction.
+        labels: integer (B,) true labels.
+        generator: optional RNG for reproducibility.
+
+    Returns:
+        int64 (B,), never equal to ``labels``.
+    """
+    if scores.dim() != 2 or scores.shape[0] != labels.shape[0] or scores.shape[1] < 2:
+        raise ValueError(f"scores must be (B, C >= 2) for {labels.shape[0]} labels, "
+                         f"got shape {tuple(scores.shape)}")
+    logits = scores.detach().double().clone()
+    logits.scatter_(1, labels.view(-1, 1).to(torch.int64), float("-inf"))
+    probs = torch.softmax(logits, dim=1)
+    probs = torch.nan_to_num(probs, nan=0.0)  # a row of -inf/NaN scores: fall back to uniform
+    bad = probs.sum(1) <= 0
+    if bool(bad.any()):
+        probs[bad] = 1.0
+        probs[bad] = probs[bad].scatter(1, labels[bad].view(-1, 1).to(torch.int64), 0.0)
+    return torch.multinomial(probs, 1, generator=generator).view(-1)
+
+
 def to_float_images(images_uint8: torch.Tensor) -> torch.Tensor:
     """Flatten uint8 images and scale them to [0, 1].
 

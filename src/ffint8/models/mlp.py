@@ -24,13 +24,18 @@ class FFMLP(nn.Module):
     """FF units in order; units[l] takes the previous unit's output (normalised inside)."""
 
     def __init__(self, in_features: int = 784, hidden: tuple[int, ...] = (1000, 1000),
-                 num_classes: int = 10, classifier: bool = False) -> None:
+                 num_classes: int = 10, classifier: bool = False, readout: bool = False) -> None:
         super().__init__()
         sizes = [in_features, *hidden]
         self.in_features = in_features
         self.num_classes = num_classes
         self.units = nn.ModuleList(FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.head = nn.Linear(sizes[-1], num_classes) if classifier else None
+        # FF softmax readout on the normalised activities of the units it reads (all but the
+        # first when there are several, as in Hinton's FF code): trained by its own loss only.
+        self.readout_units = list(range(1 if len(hidden) > 1 else 0, len(hidden)))
+        width = sum(hidden[i] for i in self.readout_units)
+        self.readout = nn.Linear(width, num_classes) if readout else None
 
     def linear_layers(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
         """(weight, bias) of every linear map of the backprop network, input to output."""
@@ -56,5 +61,5 @@ class FFMLP(nn.Module):
 
 @register_model("mlp")
 def mlp(in_features: int = 784, hidden: tuple[int, ...] = (1000, 1000), num_classes: int = 10,
-        classifier: bool = False, **_: object) -> FFMLP:
-    return FFMLP(in_features, tuple(hidden), num_classes, classifier)
+        classifier: bool = False, readout: bool = False, **_: object) -> FFMLP:
+    return FFMLP(in_features, tuple(hidden), num_classes, classifier, readout)

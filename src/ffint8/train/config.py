@@ -15,6 +15,8 @@ NORMS = ("rms", "l2")
 SCHEDULES = ("simultaneous", "greedy")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cooldown", "cosine")
+PREDICT = ("goodness", "softmax")
+NEGATIVES = ("random", "hard")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -40,6 +42,10 @@ class FFConfig:
     schedule: str = "simultaneous"  # Algorithm 1, or greedy (unit after unit)
     int8_kernel: str = "auto"
     weight_channel: bool = False  # per-output-unit weight scales instead of one per tensor
+    # goodness: score every label by summed goodness (one forward per label); softmax: a linear
+    # readout on the normalised activities of a neutral-label pass (one forward in all).
+    predict: str = "goodness"
+    negatives: str = "random"  # hard: wrong labels drawn from the model's current prediction
 
     def __post_init__(self) -> None:
         _choice("--algo", self.algo, ALGOS)
@@ -52,6 +58,8 @@ class FFConfig:
             raise ConfigError(f"--symba-alpha must be > 0, got {self.symba_alpha}")
         _choice("--norm", self.norm, NORMS)
         _choice("--schedule", self.schedule, SCHEDULES)
+        _choice("--predict", self.predict, PREDICT)
+        _choice("--negatives", self.negatives, NEGATIVES)
         from ffint8.quant.gemm import KERNELS
 
         _choice("--int8-kernel", self.int8_kernel, KERNELS)
@@ -131,3 +139,18 @@ class TrainConfig:
         kw["ff"] = FFConfig(**kw.get("ff", {}))
         kw["hidden"] = tuple(kw.get("hidden", ()))
         return cls(**kw)
+
+
+# Named option sets (keys: TrainConfig / FFConfig field names, as the CLI's flag destinations),
+# applied under a --config file and explicit flags. "paper": the FF-INT8 paper's own settings
+# (PAPER.md sections 3-5), kept whole so a change of the defaults does not move them.
+PRESETS: dict[str, dict] = {
+    "paper": {
+        "model": "mlp", "hidden": (1000, 1000), "batch_size": 32, "lr": 0.003,
+        "optimizer": "adam", "lr_schedule": "constant", "weight_decay": 0.0,
+        "algo": "ff-int8", "look_ahead": "collab", "goodness": "mean", "theta": 2.0,
+        "loss": "ff", "peer_weight": 0.0, "norm": "rms", "lambda_start": 0.0,
+        "lambda_step": 0.001, "chain_depth": None, "schedule": "simultaneous",
+        "predict": "goodness", "negatives": "random",
+    },
+}

@@ -80,11 +80,28 @@ def ff_gradients(
     """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
     return each unit's loss as its objective defines it: (L,), detached."""
     records = forward_records(units, x, cfg, seeds)
+    return gradients_from_records(units, records, t, cfg, lam, seeds)
+
+
+def gradients_from_records(
+    units: list[FFDense],
+    records: list[DenseRecord],
+    t: torch.Tensor,
+    cfg: FFConfig,
+    lam: float,
+    seeds: SeedStream,
+    others: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ff_gradients after its forward pass. others: (B,) goodness summed over units that are not
+    in `units` (a layer-pipelined stage's view of the rest of the network), added to collab's sum
+    as constants."""
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
     if cfg.look_ahead == "collab" and lam != 0.0:
         total = torch.stack(goods).sum(0)
+        if others is not None:
+            total = total + others
         g_eff = [g + lam * (total - g) for g in goods]  # others' goodness as constants
     losses = torch.stack([FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha) for g in g_eff])
     if cfg.peer_weight:
@@ -127,3 +144,22 @@ def ff_gradients(
             live[key] = live[key] + s if key in live else s
         signals = {j: _input_grad(s, rec, cfg, seeds) for j, s in live.items()}
     return losses.detach()
+
+
+def readout_features(records: list[DenseRecord], units: list[int], norm: str) -> torch.Tensor:
+    """The softmax readout's input: the normalised outputs of `units`, side by side (B, sum N)."""
+    return torch.cat([FF.normalize(records[i].y, norm)[0] for i in units], dim=1)
+
+
+def readout_gradients(readout: torch.nn.Linear, feats: torch.Tensor,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the readout on detached features; sets the readout's .grad only (no
+    gradient reaches the units). Returns (loss, logits (B, C)), both detached."""
+    logits = torch.addmm(readout.bias.detach(), feats, readout.weight.detach().t())
+    p = torch.softmax(logits, dim=1)
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    g = p.index_put_((torch.arange(len(labels)), labels), p[torch.arange(len(labels)), labels] - 1)
+    g = g.div_(len(labels))  # (B, C) dL/dlogits, the batch mean folded in
+    readout.weight.grad = g.t() @ feats
+    readout.bias.grad = g.sum(0)
+    return loss.detach(), logits

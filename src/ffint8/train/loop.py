@@ -5,15 +5,25 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
-from ffint8.data import embed_label, sample_negative_labels
-from ffint8.errors import DivergenceError
+from ffint8.data import embed_label, embed_neutral, hard_negative_labels, sample_negative_labels
+from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
 from ffint8.train.config import TrainConfig
-from ffint8.train.ff import SeedStream, ff_gradients, forward_records
+from ffint8.train.ff import (
+    SeedStream,
+    ff_gradients,
+    forward_records,
+    readout_features,
+    readout_gradients,
+)
+
+if TYPE_CHECKING:
+    from ffint8.dist.ddp import DataParallel
 
 
 @dataclass
@@ -59,9 +69,14 @@ class FFTrainer:
     num_classes: int
     epoch: int = 0
     history: list[EpochLog] = field(default_factory=list)
+    parallel: DataParallel | None = None  # data-parallel: this rank's rows, gradient averaging
 
     def __post_init__(self) -> None:
         self.units = list(self.model.units)
+        self.readout = getattr(self.model, "readout", None)
+        if self.cfg.ff.predict == "softmax" and self.readout is None:
+            raise ConfigError(f"--predict softmax needs a model built with a readout; "
+                              f"{self.cfg.model!r} was built without one")
         self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling, negatives
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
@@ -80,10 +95,16 @@ class FFTrainer:
         self.epoch = int(state["epoch"])
         self.history = [EpochLog.from_dict(d) for d in state["history"]]
 
-    def _batch(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positives then negatives (B, D) each, stacked to (2B, D); targets (2B,)."""
+    def _batch(self, xb: torch.Tensor, yb: torch.Tensor,
+               neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positives then negatives (B, D) each, stacked to (2B, D); targets (2B,).
+        neg: the wrong labels (default: drawn uniformly)."""
         b = xb.shape[0]
-        neg = sample_negative_labels(yb, self.num_classes, self.generator)
+        if neg is None:
+            neg = sample_negative_labels(yb, self.num_classes, self.generator)
+        if self.parallel is not None:  # every rank draws the global batch and keeps its rows
+            rows = self.parallel.rows(b)
+            xb, yb, neg, b = xb[rows], yb[rows], neg[rows], rows.stop - rows.start
         x = torch.empty(2 * b, xb.shape[1], dtype=xb.dtype)
         embed_label(xb, yb, self.num_classes, out=x[:b])
         embed_label(xb, neg, self.num_classes, out=x[b:])
@@ -98,7 +119,7 @@ class FFTrainer:
         lam = ff.lam(self.epoch) if ff.look_ahead != "none" else 0.0
         units = self.units if unit is None else self.units[: unit + 1]
         n = x_train.shape[0]
-        bs = self.cfg.batch_size
+        bs = self.cfg.batch_size * (1 if self.parallel is None else self.parallel.world_size)
         perm = torch.randperm(n, generator=self.generator)
         steps = range(0, n, bs)
         bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
@@ -111,8 +132,24 @@ class FFTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             idx = perm[i : i + bs]
-            x, t = self._batch(x_train[idx], y_train[idx])
+            xb, yb = x_train[idx], y_train[idx]
+            neg, r_loss = None, torch.zeros(())
+            if ff.predict == "softmax":  # one neutral-label pass: readout update, its prediction
+                records = forward_records(self.units, embed_neutral(xb, self.num_classes), ff, None)
+                feats = readout_features(records, self.model.readout_units, ff.norm)
+                r_loss, logits = readout_gradients(self.readout, feats, yb)
+                if ff.negatives == "hard":
+                    neg = hard_negative_labels(logits, yb, self.generator)
+            elif ff.negatives == "hard":  # goodness prediction: one forward per label
+                neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
+            x, t = self._batch(xb, yb, neg)
             losses = ff_gradients(units, x, t, ff, lam, self.seeds)
+            if self.parallel is not None:  # the global batch's gradients and losses, all ranks
+                losses = self.parallel.reduce(self.model, losses, xb.shape[0])
+            if not bool(torch.isfinite(r_loss)):
+                raise DivergenceError(
+                    f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the softmax "
+                    f"readout's loss is {r_loss.item()}; try a smaller --lr")
             if not bool(torch.isfinite(losses).all()):
                 bad = int((~torch.isfinite(losses)).nonzero()[0])
                 raise DivergenceError(
@@ -137,10 +174,15 @@ class FFTrainer:
 
     @torch.no_grad()
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Goodness summed over units for every label: (B, D) images -> (B, C) scores.
+        """Class scores: (B, D) images -> (B, C). INT8 inference rounds to nearest.
 
-        One forward of (C * B) rows with each label embedded in turn; INT8 inference rounds to
-        nearest (no stochastic rounding)."""
+        goodness: goodness summed over units for every label, one forward of (C * B) rows with
+        each label embedded in turn. softmax: the readout's logits from one neutral-label pass."""
+        ff = self.cfg.ff
+        if ff.predict == "softmax":
+            records = forward_records(self.units, embed_neutral(x, self.num_classes), ff, None)
+            feats = readout_features(records, self.model.readout_units, ff.norm)
+            return torch.addmm(self.readout.bias, feats, self.readout.weight.t())
         b, c = x.shape[0], self.num_classes
         labels = torch.arange(c).repeat_interleave(b)
         xs = embed_label(x.repeat(c, 1), labels, c)

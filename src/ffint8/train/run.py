@@ -37,6 +37,13 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
     return f"{gemm}; {quantiser}"
 
 
+def build_model(cfg: TrainConfig, in_features: int, num_classes: int) -> torch.nn.Module:
+    """The model a config trains: its FF units, and the head its algorithm or prediction uses."""
+    return create_model(cfg.model, in_features=in_features, hidden=cfg.hidden,
+                        num_classes=num_classes, classifier=cfg.ff.algo.startswith("bp-"),
+                        readout=cfg.ff.predict == "softmax")
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -69,8 +76,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an ffint8 checkpoint")
     cfg = TrainConfig.from_dict(blob["config"])
-    model = create_model(cfg.model, in_features=blob["in_features"], hidden=cfg.hidden,
-                         num_classes=blob["num_classes"])
+    model = build_model(cfg, blob["in_features"], blob["num_classes"])
     state = blob["state_dict"] if "state_dict" in blob else blob["trainer"]["model"]
     try:
         model.load_state_dict(state)
@@ -138,8 +144,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, seed=cfg.seed)
     x_train, x_test = to_float_images(data.train.images), to_float_images(data.test.images)
     in_features = x_train.shape[1]
-    model = create_model(cfg.model, in_features=in_features, hidden=cfg.hidden,
-                         num_classes=data.num_classes)
+    model = build_model(cfg, in_features, data.num_classes)
     trainer = FFTrainer(model, cfg, data.num_classes)
     ckpt = out / "checkpoint.pt"
     dump_resolved(cfg.to_dict(), out / "config.yaml")
