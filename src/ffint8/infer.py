@@ -16,7 +16,7 @@ import torch
 
 from ffint8.errors import ConfigError, DataError
 from ffint8.train.loop import FFTrainer
-from ffint8.train.run import load_checkpoint
+from ffint8.train.run import load_checkpoint, make_trainer
 
 FORMATS = ("PNG", "JPEG")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -111,7 +111,7 @@ def predict_files(checkpoint: str | Path, paths: Sequence[str | Path],
     model, cfg, blob = load_checkpoint(checkpoint)
     num_classes, in_features = int(blob["num_classes"]), int(blob["in_features"])
     x = load_images(paths, in_features, invert)
-    trainer = FFTrainer(model, cfg, num_classes)
+    trainer = make_trainer(model, cfg, num_classes)
     scores = score_batches(trainer, x, cfg.eval_batch_size)
     names = class_names(cfg.dataset, num_classes)
     results = []

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, fields
 
 from ffint8.errors import ConfigError
 
-ALGOS = ("ff-int8", "ff-fp32")
+FF_ALGOS = ("ff-int8", "ff-fp32")
+BP_ALGOS = ("bp-fp32", "bp-int8", "bp-ui8", "bp-gdai8")  # backprop baselines (ffint8.bp)
+ALGOS = FF_ALGOS + BP_ALGOS
 LOOK_AHEAD = ("none", "collab", "chain")
 GOODNESS = ("mean", "sum")
 LOSSES = ("ff", "symba")
@@ -70,7 +72,12 @@ class FFConfig:
 
     @property
     def int8(self) -> bool:
+        """FF in int8 arithmetic (the backprop baselines keep their own flags)."""
         return self.algo == "ff-int8"
+
+    @property
+    def backprop(self) -> bool:
+        return self.algo in BP_ALGOS
 
     def lam(self, epoch: int) -> float:
         """lambda during 0-based epoch `epoch`: starts at lambda_start, + lambda_step per epoch."""

@@ -8,6 +8,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,12 +23,15 @@ from ffint8.quant.gemm import cpu_has_int8_dot, resolve_kernel
 from ffint8.train.config import TrainConfig
 from ffint8.train.loop import EpochLog, FFTrainer
 
+if TYPE_CHECKING:
+    from ffint8.dist.ddp import DataParallel
+
 CHECKPOINT_FORMAT = "ffint8-checkpoint"
 
 
 def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
     """Which arithmetic ran, in words for metrics.json: the GEMM kernel and the quantiser."""
-    if not cfg.ff.int8:
+    if cfg.ff.algo in ("ff-fp32", "bp-fp32"):
         return "float32"
     gemm = resolve_kernel(cfg.ff.int8_kernel, device)
     if gemm == "float-exact":
@@ -40,8 +44,21 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
 def build_model(cfg: TrainConfig, in_features: int, num_classes: int) -> torch.nn.Module:
     """The model a config trains: its FF units, and the head its algorithm or prediction uses."""
     return create_model(cfg.model, in_features=in_features, hidden=cfg.hidden,
-                        num_classes=num_classes, classifier=cfg.ff.algo.startswith("bp-"),
+                        num_classes=num_classes, classifier=cfg.ff.backprop,
                         readout=cfg.ff.predict == "softmax")
+
+
+def make_trainer(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
+                 parallel: DataParallel | None = None):
+    """The trainer of cfg's algorithm: FFTrainer, or BPTrainer for the backprop baselines."""
+    if cfg.ff.backprop:
+        if parallel is not None:
+            raise ConfigError("--distributed trains the FF algorithms only, not "
+                              f"{cfg.ff.algo}")
+        from ffint8.bp.trainer import BPTrainer
+
+        return BPTrainer(model, cfg, num_classes)
+    return FFTrainer(model, cfg, num_classes, parallel=parallel)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -128,11 +145,15 @@ def open_tensorboard(out: Path):
 
 def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
                  log: Callable[[str], None] = print, resume: bool = False,
-                 tensorboard: bool = False) -> dict:
+                 tensorboard: bool = False, parallel: DataParallel | None = None) -> dict:
     """Train as cfg says; write out_dir/metrics.json and out_dir/model.pt; return the metrics.
 
     After every epoch out_dir/checkpoint.pt is replaced atomically; resume=True continues from
-    it, so a stopped run ends with the same weights and metrics as one that never stopped."""
+    it, so a stopped run ends with the same weights and metrics as one that never stopped.
+    parallel: this process's rank in data-parallel training; only rank 0 writes files and logs."""
+    lead = parallel is None or parallel.rank == 0
+    if not lead:
+        log = lambda _: None  # noqa: E731
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -145,31 +166,40 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     x_train, x_test = to_float_images(data.train.images), to_float_images(data.test.images)
     in_features = x_train.shape[1]
     model = build_model(cfg, in_features, data.num_classes)
-    trainer = FFTrainer(model, cfg, data.num_classes)
+    trainer = make_trainer(model, cfg, data.num_classes, parallel)
     ckpt = out / "checkpoint.pt"
-    dump_resolved(cfg.to_dict(), out / "config.yaml")
+    if lead:
+        dump_resolved(cfg.to_dict(), out / "config.yaml")
     if resume:
         _, saved_cfg, blob = load_checkpoint(ckpt)
         if saved_cfg.to_dict() | {"epochs": 0} != cfg.to_dict() | {"epochs": 0}:
             raise CheckpointError(f"{ckpt}: written by a run with another configuration")
         trainer.load_state_dict(blob["trainer"])
         log(f"resuming {ckpt} after epoch {trainer.epoch}")
+    if parallel is not None:
+        parallel.check_data(len(data.train), cfg.batch_size)
+        parallel.setup(trainer)
+        log(f"data-parallel: {parallel.world_size} ranks ({parallel.backend}), batch {cfg.batch_size} "
+            f"per rank, effective batch {cfg.batch_size * parallel.world_size}")
     kernel = kernel_description(cfg)
+    method = "backprop" if cfg.ff.backprop else f"look-ahead {cfg.ff.look_ahead}"
     log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "
-        f"test, look-ahead {cfg.ff.look_ahead}, kernel {kernel}")
+        f"test, {method}, kernel {kernel}")
 
-    writer = open_tensorboard(out) if tensorboard else None
+    writer = open_tensorboard(out) if tensorboard and lead else None
 
     def report(e: EpochLog) -> None:
-        save_checkpoint(ckpt, cfg, data.num_classes, in_features, trainer=trainer)
-        write_epoch_csv(out / "epochs.csv", trainer.history)
+        if lead:
+            save_checkpoint(ckpt, cfg, data.num_classes, in_features, trainer=trainer)
+            write_epoch_csv(out / "epochs.csv", trainer.history)
         if writer is not None:
             writer.add_scalar("train/loss", e.train_loss, e.epoch)
             writer.add_scalar("test/accuracy", e.test_accuracy, e.epoch)
             writer.add_scalar("train/seconds", e.seconds, e.epoch)
             writer.flush()
         log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy "
-            f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s  lambda {e.lam:.4f}")
+            f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s"
+            + ("" if cfg.ff.backprop else f"  lambda {e.lam:.4f}"))
 
     started = time.time()
     try:
@@ -183,7 +213,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             writer.close()
     metrics = {
         "model": cfg.model, "dataset": data.name, "algo": cfg.ff.algo,
-        "look_ahead": cfg.ff.look_ahead,
+        "look_ahead": None if cfg.ff.backprop else cfg.ff.look_ahead,
         "epochs": [e.to_dict() for e in trainer.history],
         "test_accuracy": trainer.history[-1].test_accuracy,
         "train_seconds": sum(e.seconds for e in trainer.history),
@@ -193,8 +223,11 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
                         "python": platform.python_version(), "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
     }
-    save_checkpoint(out / "model.pt", cfg, data.num_classes, in_features, model=model)
-    write_json_atomic(out / "metrics.json", metrics)
+    if parallel is not None:
+        metrics["distributed"] = parallel.describe(cfg.batch_size)
+    if lead:
+        save_checkpoint(out / "model.pt", cfg, data.num_classes, in_features, model=model)
+        write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
 
@@ -209,7 +242,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
     if x_test.shape[1] != blob["in_features"]:
         raise CheckpointError(f"{path}: model takes {blob['in_features']} inputs but {name} "
                               f"images have {x_test.shape[1]}")
-    trainer = FFTrainer(model, cfg, blob["num_classes"])
+    trainer = make_trainer(model, cfg, blob["num_classes"])
     acc = trainer.evaluate(x_test, data.test.labels)
     return {"checkpoint": str(path), "model": cfg.model, "algo": cfg.ff.algo, "dataset": name,
             "test_samples": len(data.test), "test_accuracy": acc}
