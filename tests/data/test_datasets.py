@@ -170,7 +170,7 @@ def test_mnist_requires_data_dir() -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(ConfigError) as info:
         load_dataset("x")
-    assert str(info.value) == "unknown dataset 'x'; choose one of: fashion-mnist, mnist, synthetic"
+    assert str(info.value) == "unknown dataset 'x'; choose one of: fashion-mnist, mnist, synthetic, cifar10"
 
 
 @pytest.mark.parametrize("bad", [0, -3, 1.5, True, "10"])
@@ -184,7 +184,7 @@ def test_synthetic_shape_and_determinism() -> None:
     a = load_dataset("synthetic", seed=3)
     b = load_dataset("synthetic", seed=3)
     c = load_dataset("synthetic", seed=4)
-    assert DATASETS == ("fashion-mnist", "mnist", "synthetic")
+    assert DATASETS == ("fashion-mnist", "mnist", "synthetic", "cifar10")
     assert (len(a.train), len(a.test), a.num_classes, a.image_shape) == (2000, 500, 10, (28, 28))
     assert a.train.images.dtype == torch.uint8 and a.train.labels.dtype == torch.int64
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)

@@ -1,6 +1,6 @@
-"""Image classification datasets: MNIST-format directories and a synthetic set.
+"""Image classification datasets: MNIST-format directories, CIFAR-10 and a synthetic set.
 
-All loaders return uint8 images (N, H, W) and int64 labels (N,) on the CPU;
+All loaders return uint8 images (N, H, W) (colour: (N, C, H, W)) and int64 labels (N,) on the CPU;
 conversion to float happens later (see :func:`ffint8.data.labels.to_float_images`).
 """
 
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from ffint8.data.cifar import read_cifar10
 from ffint8.data.idx import read_idx
 from ffint8.errors import ConfigError, DataError
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "synthetic")
+DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist", "synthetic", "cifar10")
 DEFAULT_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 _MNIST_CLASSES = 10
@@ -34,7 +35,7 @@ class Split:
     """One part (train or test) of a dataset.
 
     Attributes:
-        images: uint8 (N, H, W).
+        images: uint8 (N, H, W), or (N, C, H, W) for colour images.
         labels: int64 (N,), values in [0, num_classes).
     """
 
@@ -42,9 +43,9 @@ class Split:
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 3 or self.images.dtype != torch.uint8:
+        if self.images.dim() not in (3, 4) or self.images.dtype != torch.uint8:
             raise DataError(
-                f"Split images must be uint8 (N, H, W), got {self.images.dtype} "
+                f"Split images must be uint8 (N, H, W) or (N, C, H, W), got {self.images.dtype} "
                 f"{tuple(self.images.shape)}"
             )
         if self.labels.dim() != 1 or self.labels.dtype != torch.int64:
@@ -69,7 +70,7 @@ class Dataset:
         name: one of :data:`DATASETS`.
         train, test: the splits; images share ``image_shape``.
         num_classes: labels lie in [0, num_classes).
-        image_shape: (H, W), e.g. (28, 28).
+        image_shape: (H, W), e.g. (28, 28), or (C, H, W) for colour, e.g. (3, 32, 32).
     """
 
     name: str
@@ -120,8 +121,10 @@ def load_dataset(
 
     Args:
         name: "fashion-mnist" (reads ``DEFAULT_DIRS`` unless ``data_dir`` is given),
-            "mnist" (needs ``data_dir``) or "synthetic" (generated, no files).
-        data_dir: directory of MNIST-format IDX files.
+            "mnist" (needs ``data_dir``), "cifar10" (needs ``data_dir``: the CIFAR-10 python
+            batches, or the cifar-10-batches-py directory inside it) or "synthetic" (generated,
+            no files).
+        data_dir: directory of the data files (MNIST-format IDX files or CIFAR-10 batches).
         limit_train, limit_test: keep only the first N samples (N >= 1); None keeps all.
         seed: seeds the synthetic set; ignored by the file-based sets.
 
@@ -135,6 +138,9 @@ def load_dataset(
     _check_limit("limit_test", limit_test)
     if name == "synthetic":
         train, test = make_synthetic(seed=seed, num_classes=_MNIST_CLASSES)
+    elif name == "cifar10":
+        (x_train, y_train), (x_test, y_test) = read_cifar10(_resolve_dir(name, data_dir))
+        train, test = Split(x_train, y_train), Split(x_test, y_test)
     else:
         train, test = load_mnist_format(_resolve_dir(name, data_dir))
     return Dataset(

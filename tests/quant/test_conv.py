@@ -1,0 +1,182 @@
+"""Exact int8 convolution (ffint8.quant.conv): every kernel and op bit-exact against int64."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ffint8.quant.conv import (
+    CONV_KERNELS,
+    ConvSpec,
+    int8_conv2d,
+    int8_conv2d_input,
+    int8_conv2d_input_scaled,
+    int8_conv2d_scaled,
+    int8_conv2d_weight,
+    int8_conv2d_weight_scaled,
+    onednn_available,
+    resolve_conv_kernel,
+)
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="oneDNN int8 conv not available")
+KERNELS = ("im2col", "float-exact", pytest.param("onednn", marks=needs_onednn), "auto")
+
+# (N, C, H, W, O, k, stride, padding, groups): strides 1 and 2, padding 0/1/2, groups 1, 2 and
+# depthwise, 1x1 / 3x3 / 5x5, odd and non-square spatial sizes.
+CASES = [
+    (2, 3, 7, 9, 4, 3, 1, 1, 1),
+    (2, 4, 9, 7, 6, 3, 2, 1, 2),
+    (1, 6, 11, 8, 6, 5, 2, 2, 6),  # depthwise 5x5
+    (3, 5, 5, 5, 7, 1, 1, 0, 1),
+    (2, 4, 6, 7, 8, 1, 2, 0, 4),  # grouped 1x1, two outputs per input channel
+    (2, 3, 8, 5, 3, 5, 1, 2, 1),
+    (1, 4, 7, 7, 4, 3, 1, 0, 4),  # depthwise 3x3, no padding
+    (2, 2, 5, 6, 3, 1, 2, 1, 1),  # 1x1 with padding: output borders see only zeros
+    (1, 8, 10, 9, 4, 3, 2, 2, 2),
+    (2, 2, 7, 6, 20, 3, 2, 1, 1),  # C*k*k <= O, like a stem: oneDNN's weight grad is a GEMM
+]
+
+
+def rand_i8(shape, gen, lo=-128, hi=127):
+    t = torch.randint(lo, hi + 1, shape, generator=gen, dtype=torch.int8)
+    t.view(-1)[:2] = torch.tensor([lo, hi], dtype=torch.int8)  # both extremes always present
+    return t
+
+
+def operands(case, seed, signed=True):
+    n, c, h, w, o, k, s, p, g = case
+    gen = torch.Generator().manual_seed(seed)
+    spec = ConvSpec(s, p, g)
+    x = rand_i8((n, c, h, w), gen, -128 if signed else 0)
+    wt = rand_i8((o, c // g, k, k), gen)
+    gz = rand_i8((n, o, *spec.out_size(h, w, k, k)), gen)
+    return x, wt, gz, spec
+
+
+def ref_all(x, w, gz, spec):
+    """The three ops in float64 by torch (exact: every value is an integer below 2^53)."""
+    s, p, g = spec.stride, spec.padding, spec.groups
+    xd, wd, gd = x.double(), w.double(), gz.double()
+    return (F.conv2d(xd, wd, None, s, p, 1, g),
+            torch.nn.grad.conv2d_weight(xd, w.shape, gd, s, p, 1, g),
+            torch.nn.grad.conv2d_input(x.shape, wd, gd, s, p, 1, g))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_matches_float64_torch(case):
+    x, w, gz, spec = operands(case, 1)
+    z, gw, gx = ref_all(x, w, gz, spec)
+    assert torch.equal(int8_conv2d(x, w, spec, "reference").double(), z)
+    assert torch.equal(int8_conv2d_weight(x, gz, w.shape, spec, "reference").double(), gw)
+    assert torch.equal(int8_conv2d_input(gz, w, x.shape, spec, "reference").double(), gx)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "nonneg"])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_bit_exact(case, kernel, signed):
+    x, w, gz, spec = operands(case, 2, signed)
+    z = int8_conv2d(x, w, spec, kernel)
+    gw = int8_conv2d_weight(x, gz, w.shape, spec, kernel)
+    gx = int8_conv2d_input(gz, w, x.shape, spec, kernel)
+    assert z.dtype == gw.dtype == gx.dtype == torch.int32
+    assert torch.equal(z, int8_conv2d(x, w, spec, "reference"))
+    assert torch.equal(gw, int8_conv2d_weight(x, gz, w.shape, spec, "reference"))
+    assert torch.equal(gx, int8_conv2d_input(gz, w, x.shape, spec, "reference"))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_scaled_unit_scales_bit_exact(kernel):
+    # Accumulators below 2^24 are exact in float32, so the scaled form must equal them exactly.
+    x, w, gz, spec = operands(CASES[1], 3)
+    one = torch.tensor(1.0)
+    z, gw, gx = ref_all(x, w, gz, spec)
+    assert torch.equal(int8_conv2d_scaled(x, one, w, one, spec, kernel).double(), z)
+    assert torch.equal(int8_conv2d_weight_scaled(x, one, gz, one, w.shape, spec, kernel).double(), gw)
+    assert torch.equal(int8_conv2d_input_scaled(gz, one, w, one, x.shape, spec, kernel).double(), gx)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_scaled_per_channel_and_per_sample(kernel):
+    # Scaled results round in float32: the error is a few ulps of the largest partial sum (signed
+    # oneDNN operands are two calls whose results partly cancel), so the tolerance is relative to
+    # the same op on |operands| + 1.
+    x, w, gz, spec = operands(CASES[0], 4)
+    gen = torch.Generator().manual_seed(4)
+    n, o = x.shape[0], w.shape[0]
+    xs, ws = torch.rand(n, 1, 1, 1, generator=gen), torch.rand(o, 1, 1, 1, generator=gen)
+    gs, g_ch = torch.rand((), generator=gen), torch.rand(o, generator=gen)
+    exact = ref_all(x, w, gz, spec)
+    bound = ref_all(x.short().abs() + 1, w.short().abs() + 1, gz.short().abs() + 1, spec)
+    scales = (xs.double() * ws.double().view(1, -1, 1, 1), gs.double() * g_ch.double().view(-1, 1, 1, 1),
+              xs.double() * gs.double())
+    got = (int8_conv2d_scaled(x, xs, w, ws, spec, kernel),
+           int8_conv2d_weight_scaled(x, gs, gz, g_ch, w.shape, spec, kernel),
+           int8_conv2d_input_scaled(gz, xs, w, gs, x.shape, spec, kernel))
+    for g, e, b, s in zip(got, exact, bound, scales):
+        assert g.dtype == torch.float32
+        assert ((g.double() - e * s).abs() <= 2**-20 * b * s).all()
+
+
+def _big_operands():
+    """Reductions longer than FLOAT_EXACT_K terms with odd sums above 2^24: where a single
+    float32 pass would round (forward and input grad: 144 * 9 = 1296 terms; weight grad: 2 * 30 * 30
+    = 1800 terms)."""
+    x = torch.full((2, 144, 30, 30), 127, dtype=torch.int8)
+    x[0, 0, 0, 0] = 126
+    w = torch.full((144, 144, 3, 3), 127, dtype=torch.int8)
+    w[:, 0, 0, 0] = 126
+    gz = torch.full((2, 144, 30, 30), 127, dtype=torch.int8)
+    gz[0, :, 0, 0] = 126
+    return x, w, gz, ConvSpec(1, 1)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_long_reductions_exact(kernel, signed):
+    x, w, gz, spec = _big_operands()
+    if signed:
+        x, w, gz = -x - 1, -w - 1, -gz - 1  # -128 and -127
+    z, gw, gx = ref_all(x, w, gz, spec)
+    assert z.abs().max() > 2**24 and gx.abs().max() > 2**24 and gw.abs().max() > 2**24
+    assert int(z[1, 0, 15, 15]) % 2 == 1 or int(z[0, 0, 1, 1]) % 2 == 1
+    assert torch.equal(int8_conv2d(x, w, spec, kernel).double(), z)
+    assert torch.equal(int8_conv2d_weight(x, gz, w.shape, spec, kernel).double(), gw)
+    assert torch.equal(int8_conv2d_input(gz, w, x.shape, spec, kernel).double(), gx)
+
+
+@pytest.mark.parametrize("kernel", ("reference", *KERNELS))
+def test_int64_past_max_exact_k(kernel):
+    # Weight grad of a 1x1 conv over 1 * 363 * 363 = 131,769 > MAX_EXACT_K terms of (-128)^2:
+    # the sum passes 2^31 - 1, so it comes back as int64.
+    x = torch.full((1, 1, 363, 363), -128, dtype=torch.int8)
+    gz = x.clone()
+    gw = int8_conv2d_weight(x, gz, (1, 1, 1, 1), ConvSpec(), kernel)
+    assert gw.dtype == torch.int64 and int(gw) == 128 * 128 * 363 * 363
+
+
+def test_resolve_and_errors():
+    assert set(CONV_KERNELS) == {"auto", "onednn", "im2col", "float-exact", "reference"}
+    assert resolve_conv_kernel("auto", "cpu") in ("onednn", "float-exact", "im2col")
+    assert resolve_conv_kernel("auto", "cuda") == "im2col"
+    assert resolve_conv_kernel("im2col", "cpu") == "im2col"
+    with pytest.raises(ValueError, match="unknown int8 conv kernel 'fast'"):
+        resolve_conv_kernel("fast")
+    x, w = torch.zeros(1, 4, 5, 5, dtype=torch.int8), torch.zeros(2, 2, 3, 3, dtype=torch.int8)
+    with pytest.raises(ValueError, match="do not match groups=1"):
+        int8_conv2d(x, w)
+    with pytest.raises(ValueError, match="expected int8"):
+        int8_conv2d(x.float(), w, ConvSpec(groups=2))
+    with pytest.raises(ValueError, match="does not fit"):
+        int8_conv2d(x[..., :2, :2], w, ConvSpec(groups=2))
+    with pytest.raises(ValueError, match="g must be int8"):
+        int8_conv2d_weight(x, torch.zeros(1, 2, 4, 4, dtype=torch.int8), w.shape, ConvSpec(groups=2))
+    with pytest.raises(ValueError, match="x_scale has 3 values"):
+        int8_conv2d_scaled(x, torch.ones(3), w, torch.ones(()), ConvSpec(groups=2))
+    gz = torch.zeros(1, 2, 3, 3, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"w_scale has 2 values; expected 1 \(per tensor\)"):
+        int8_conv2d_input_scaled(gz, torch.ones(()), w, torch.ones(2), x.shape, ConvSpec(groups=2))
+    with pytest.raises(ValueError, match="stride must be an int >= 1"):
+        ConvSpec(stride=0)
+    with pytest.raises(ValueError, match="padding must be"):
+        ConvSpec(padding=(1, -1))
+    assert ConvSpec(2, (1, 0)).padding == (1, 0) and ConvSpec(2).stride == (2, 2)
