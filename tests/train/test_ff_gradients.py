@@ -108,9 +108,11 @@ def snr_db(estimate, reference):
     return 10 * torch.log10(reference.square().sum() / noise).item()
 
 
-@pytest.mark.parametrize("look_ahead", ["none", "collab", "chain"])
-def test_int8_weight_gradient_snr(look_ahead):
-    """On random data the INT8 path's g_W agrees with the float path at >= 20 dB."""
+@pytest.mark.parametrize("look_ahead,channel", [("none", False), ("collab", False),
+                                                ("chain", False), ("chain", True)])
+def test_int8_weight_gradient_snr(look_ahead, channel):
+    """On random data the INT8 path's g_W agrees with the float path at >= 20 dB (with one
+    weight scale per unit too, whose scales the chain's input gradient must fold in)."""
     torch.manual_seed(3)
     sizes = [784, 256, 256]
     units_f = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
@@ -123,6 +125,7 @@ def test_int8_weight_gradient_snr(look_ahead):
     t = torch.cat([torch.ones(32), torch.zeros(32)])
     lam = 0.3
     ff_gradients(units_f, x, t, FFConfig(algo="ff-fp32", look_ahead=look_ahead), lam, SeedStream(0))
-    ff_gradients(units_q, x, t, FFConfig(algo="ff-int8", look_ahead=look_ahead), lam, SeedStream(0))
+    ff_gradients(units_q, x, t, FFConfig(algo="ff-int8", look_ahead=look_ahead,
+                                         weight_channel=channel), lam, SeedStream(0))
     for l, (uf, uq) in enumerate(zip(units_f, units_q)):
         assert snr_db(uq.weight.grad, uf.weight.grad) >= 20.0, f"unit {l}"

@@ -62,8 +62,11 @@ def _input_grad(
 ) -> torch.Tensor:
     """dL/dh_in of one unit from dL/dz: through the linear map, then the normalisation."""
     if cfg.int8:
+        w_scale = rec.w_q.scale
+        if w_scale.dim() == 2:  # per-output-unit scales (N, 1) sit inside the sum over N:
+            s_z, w_scale = s_z * w_scale.t(), w_scale.new_ones(())  # fold them into s_z first
         s_q = quantize(s_z, "stochastic", seed=seeds.next())
-        g_a = int8_mm_scaled(s_q.q, s_q.scale, rec.w_q.q, rec.w_q.scale, cfg.int8_kernel)
+        g_a = int8_mm_scaled(s_q.q, s_q.scale, rec.w_q.q, w_scale, cfg.int8_kernel)
     else:
         g_a = s_z @ rec.w
     return FF.normalize_backward(g_a, rec.h_in, rec.r_in, cfg.norm)
