@@ -90,6 +90,8 @@ class TrainConfig:
 
     model: str = "mlp"
     hidden: tuple[int, ...] = (1000, 1000)
+    width: float = 1.0  # CNNs: channel width multiplier (the MLP uses hidden)
+    label_plane: bool = False  # CNNs: also give the label as C constant input channels
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     epochs: int = 10
@@ -121,8 +123,12 @@ class TrainConfig:
             if v is not None and v < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be at least 1, got {v}")
-        if not self.hidden or any(h < 1 for h in self.hidden):
+        if not self.width > 0:
+            raise ConfigError(f"--width must be > 0, got {self.width}")
+        if any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
+        if not self.hidden and not self.ff.backprop:  # backprop: a linear classifier is fine
+            raise ConfigError("--hidden: an FF model needs at least one hidden layer")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
 

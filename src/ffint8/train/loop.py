@@ -13,6 +13,8 @@ from tqdm import tqdm
 from ffint8.data import embed_label, embed_neutral, hard_negative_labels, sample_negative_labels
 from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
+from ffint8.nn.dense import FFDense
+from ffint8.train import ff_units
 from ffint8.train.config import TrainConfig
 from ffint8.train.ff import (
     SeedStream,
@@ -73,6 +75,9 @@ class FFTrainer:
 
     def __post_init__(self) -> None:
         self.units = list(self.model.units)
+        # dense units: closed-form gradients (train/ff.py); other units (convolutional blocks):
+        # autograd unit by unit (train/ff_units.py)
+        self.dense = all(isinstance(u, FFDense) for u in self.units)
         self.readout = getattr(self.model, "readout", None)
         if self.cfg.ff.predict == "softmax" and self.readout is None:
             raise ConfigError(f"--predict softmax needs a model built with a readout; "
@@ -143,7 +148,8 @@ class FFTrainer:
             elif ff.negatives == "hard":  # goodness prediction: one forward per label
                 neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
             x, t = self._batch(xb, yb, neg)
-            losses = ff_gradients(units, x, t, ff, lam, self.seeds)
+            step_fn = ff_gradients if self.dense else ff_units.ff_gradients
+            losses = step_fn(units, x, t, ff, lam, self.seeds)
             if self.parallel is not None:  # the global batch's gradients and losses, all ranks
                 losses = self.parallel.reduce(self.model, losses, xb.shape[0])
             if not bool(torch.isfinite(r_loss)):
@@ -158,7 +164,8 @@ class FFTrainer:
                     f"{losses[bad].item()}; try a smaller --lr")
             if unit is not None:
                 for u in self.units[:unit]:
-                    u.weight.grad = u.bias.grad = None  # greedy: lower units are frozen
+                    for p in u.parameters():
+                        p.grad = None  # greedy: lower units are frozen
             self.optimizer.step()
             total += losses.sum()
             if step % 50 == 0:
@@ -166,7 +173,7 @@ class FFTrainer:
         seconds = time.perf_counter() - start
         bar.close()
         for i, u in enumerate(units):  # the last update must not leave a NaN for the checkpoint
-            if not (torch.isfinite(u.weight).all() and torch.isfinite(u.bias).all()):
+            if not all(bool(torch.isfinite(p).all()) for p in u.parameters()):
                 raise DivergenceError(
                     f"training diverged at epoch {self.epoch + 1}, step {len(steps)}: the weights "
                     f"of unit {i + 1} are no longer finite; try a smaller --lr")
@@ -186,8 +193,11 @@ class FFTrainer:
         b, c = x.shape[0], self.num_classes
         labels = torch.arange(c).repeat_interleave(b)
         xs = embed_label(x.repeat(c, 1), labels, c)
-        records = forward_records(self.units, xs, self.cfg.ff, seeds=None)
-        total = sum(FF.goodness(r.y, self.cfg.ff.goodness) for r in records)  # (C * B,)
+        if self.dense:
+            records = forward_records(self.units, xs, self.cfg.ff, seeds=None)
+            total = sum(FF.goodness(r.y, self.cfg.ff.goodness) for r in records)  # (C * B,)
+        else:
+            total = ff_units.total_goodness(self.units, xs, self.cfg.ff)
         return total.reshape(c, b).t()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -42,10 +42,12 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
 
 
 def build_model(cfg: TrainConfig, in_features: int, num_classes: int) -> torch.nn.Module:
-    """The model a config trains: its FF units, and the head its algorithm or prediction uses."""
+    """The model a config trains: its FF units, and the head its algorithm or prediction uses.
+    The CNNs also take a width multiplier and the label-plane embedding (the MLP ignores them)."""
     return create_model(cfg.model, in_features=in_features, hidden=cfg.hidden,
                         num_classes=num_classes, classifier=cfg.ff.backprop,
-                        readout=cfg.ff.predict == "softmax")
+                        readout=cfg.ff.predict == "softmax", width=cfg.width,
+                        label_plane=cfg.label_plane)
 
 
 def make_trainer(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
@@ -55,6 +57,9 @@ def make_trainer(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
         if parallel is not None:
             raise ConfigError("--distributed trains the FF algorithms only, not "
                               f"{cfg.ff.algo}")
+        if not hasattr(model, "linear_layers"):
+            raise ConfigError(f"--algo {cfg.ff.algo}: the backprop baselines train the mlp only, "
+                              f"not {cfg.model}")
         from ffint8.bp.trainer import BPTrainer
 
         return BPTrainer(model, cfg, num_classes)

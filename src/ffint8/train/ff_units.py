@@ -1,0 +1,136 @@
+"""One Forward-Forward update for general units (ffint8.nn.blocks: conv blocks, residual blocks)
+by autograd, unit by unit.
+
+The same objectives as ffint8.train.ff (see the top of that file), with G_l the mean (or sum) of
+squares of unit l's output feature map per sample:
+- none:   unit l minimises L_l.
+- collab: unit l minimises the FF loss of G_l + lambda * sum_{j != l} stopgrad(G_j).
+- chain:  unit l minimises L_l + lambda * sum_{l < j <= l + depth} L_j: gradients of later losses
+          reach unit l through units l+1..j, each later loss weighted by lambda once.
+One forward pass serves every unit. Each unit's input is detached, so no gradient crosses units
+by itself: none and collab need one backward pass (each unit's loss reaches its own parameters
+only); chain walks the units from the last to the first and hands each live signal dL_j/dy_l
+down by a vector-Jacobian product through unit l (ffint8.train.ff's ladder, with autograd doing
+what that file writes out for dense units). On the INT8 path every convolution is Int8Conv2d,
+so the forward and both backward convolutions (input and weight gradient) are int8 x int8 ->
+int32; norms, activations and the squeeze-excitation gates stay in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ffint8.nn import functional as FF
+from ffint8.nn.blocks import Arith
+from ffint8.train.config import FFConfig
+from ffint8.train.ff import SeedStream
+
+
+def unit_arith(cfg: FFConfig, seeds: SeedStream | None) -> Arith:
+    """One unit's arithmetic for this forward: a fresh stochastic-rounding seed when training."""
+    seed = seeds.next() if (cfg.int8 and seeds is not None) else None
+    return Arith(cfg.int8, seed, cfg.weight_channel, cfg.int8_kernel)
+
+
+def unit_goodness(y: torch.Tensor, kind: FF.Goodness) -> torch.Tensor:
+    """(B, C, H, W) feature map (or (B, N) activities) -> (B,) goodness over all its values."""
+    return FF.goodness(y.reshape(y.shape[0], -1), kind)
+
+
+def forward_units(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig,
+                  seeds: SeedStream | None, connect: bool = False
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The shared forward pass: ([input of each unit], [output of each unit]).
+
+    Each input is the previous output detached; connect=True makes inputs after the first
+    leaves that require grad, so a chain look-ahead can take gradients with respect to them."""
+    ins, ys = [], []
+    h = x
+    for l, unit in enumerate(units):
+        a = h.detach()
+        if connect and l > 0:
+            a.requires_grad_(True)
+        y = unit(a, cfg.norm, unit_arith(cfg, seeds))
+        ins.append(a)
+        ys.append(y)
+        h = y
+    return ins, ys
+
+
+def ff_gradients(units: Sequence[nn.Module], x: torch.Tensor, t: torch.Tensor, cfg: FFConfig,
+                 lam: float, seeds: SeedStream) -> torch.Tensor:
+    """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
+    return each unit's loss as its objective defines it: (L,), detached."""
+    n_units = len(units)
+    chain = cfg.look_ahead == "chain" and lam != 0.0
+    ins, ys = forward_units(units, x, cfg, seeds, connect=chain)
+    goods = [unit_goodness(y, cfg.goodness) for y in ys]  # L x (B,)
+    g_eff = goods
+    if cfg.look_ahead == "collab" and lam != 0.0:
+        total = torch.stack(goods).detach().sum(0)
+        g_eff = [g + lam * (total - g.detach()) for g in goods]  # others' goodness as constants
+    losses = [FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha) for g in g_eff]
+    if cfg.peer_weight:
+        losses = [loss + FF.peer_loss(y.reshape(y.shape[0], -1), cfg.peer_weight)
+                  for loss, y in zip(losses, ys)]
+    params = [list(u.parameters()) for u in units]
+    if not chain:  # inputs detached: each loss reaches its own unit's parameters only
+        flat = [p for ps in params for p in ps]
+        _set_grads(flat, torch.autograd.grad(torch.stack(losses).sum(), flat, allow_unused=True))
+        return torch.stack(losses).detach()
+
+    depth = n_units if cfg.chain_depth is None else cfg.chain_depth
+    # signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l; losses with
+    # j <= depth reach every unit below them and travel summed under key 0 (as in train/ff.py).
+    signals: dict[int, torch.Tensor] = {}
+    for l in range(n_units - 1, -1, -1):
+        y = ys[l]
+        own = torch.autograd.grad(losses[l], y, retain_graph=True)[0]  # dL_l / dy_l
+        g_y = own + lam * torch.stack(list(signals.values())).sum(0) if signals else own
+        live: dict[int, torch.Tensor] = {}
+        if l > 0:
+            for j, s in [*signals.items(), (l, own)]:
+                if j > l - 1 + depth:
+                    continue
+                key = 0 if j <= depth else j
+                live[key] = live[key] + s if key in live else s
+        _set_grads(params[l], torch.autograd.grad(y, params[l], g_y, retain_graph=bool(live),
+                                                  allow_unused=True))
+        keys = list(live)
+        signals = {}
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            signals[key] = torch.autograd.grad(y, ins[l], live[key], retain_graph=not last)[0]
+    return torch.stack(losses).detach()
+
+
+def _set_grads(params: list[nn.Parameter], grads: Sequence[torch.Tensor | None]) -> None:
+    """Overwrite .grad (a parameter no loss reaches, e.g. a frozen one, gets zeros)."""
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+
+
+@contextmanager
+def eval_mode(units: Sequence[nn.Module]) -> Iterator[None]:
+    """Units in eval mode (BatchNorm uses its running statistics), restored afterwards."""
+    flags = [u.training for u in units]
+    for u in units:
+        u.eval()
+    try:
+        yield
+    finally:
+        for u, flag in zip(units, flags):
+            u.train(flag)
+
+
+@torch.no_grad()
+def total_goodness(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig) -> torch.Tensor:
+    """Goodness summed over units, (B, D) -> (B,): inference (running norm statistics; INT8
+    rounds to nearest with one scale per sample, so a score does not depend on its batch)."""
+    with eval_mode(units):
+        _, ys = forward_units(units, x, cfg, seeds=None)
+    return sum(unit_goodness(y, cfg.goodness) for y in ys)
