@@ -17,6 +17,7 @@ from ffint8.configfile import dump_resolved
 from ffint8.data import load_dataset, to_float_images
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError, FFInt8Error
 from ffint8.fileio import atomic_path, write_text_atomic
+from ffint8.measure import RunMeasurement
 from ffint8.models import create_model
 from ffint8.quant import fastsr
 from ffint8.quant.gemm import cpu_has_int8_dot, resolve_kernel
@@ -206,9 +207,26 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s"
             + ("" if cfg.ff.backprop else f"  lambda {e.lam:.4f}"))
 
+    # Memory (peak minus a baseline taken here), energy and operation counts of the training
+    # loop; evaluation and checkpoint writing between epochs are left out of them.
+    meas = RunMeasurement(cfg, n_train=len(data.train), in_features=in_features,
+                          num_classes=data.num_classes)
+    evaluate = trainer.evaluate
+
+    def evaluate_excluded(*a):
+        with meas.excluded():
+            return evaluate(*a)
+
+    def report_excluded(e: EpochLog) -> None:
+        with meas.excluded():
+            report(e)
+
+    trainer.evaluate = evaluate_excluded
     started = time.time()
+    meas.begin()
     try:
-        trainer.fit(x_train, data.train.labels, x_test, data.test.labels, progress, report)
+        trainer.fit(x_train, data.train.labels, x_test, data.test.labels, progress,
+                    report_excluded)
     except DivergenceError as exc:
         kept = (f"the last good checkpoint is {ckpt} (after epoch {trainer.epoch})"
                 if trainer.epoch else "no epoch finished, so no checkpoint was written")
@@ -228,6 +246,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
                         "python": platform.python_version(), "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
     }
+    metrics.update(meas.end())
     if parallel is not None:
         metrics["distributed"] = parallel.describe(cfg.batch_size)
     if lead:
