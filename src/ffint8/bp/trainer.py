@@ -1,0 +1,153 @@
+"""BPTrainer: backprop with a softmax cross-entropy head, in float32 or int8 (bp-* algorithms).
+
+The same public interface as ffint8.train.loop.FFTrainer (fields, state_dict, train_epoch,
+predict_scores, evaluate, fit), so the run, the checkpoints and the CLI treat both alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ffint8.bp.clip import lr_scale
+from ffint8.bp.config import BP_ALGOS, BPConfig
+from ffint8.bp.grad import make_grad_quantizer
+from ffint8.bp.linear import Int8Layer, int8_linear_inference
+from ffint8.errors import CheckpointError, ConfigError, DivergenceError
+from ffint8.train.config import TrainConfig
+from ffint8.train.ff import SeedStream
+from ffint8.train.loop import EpochLog, make_optimizer
+
+
+@dataclass
+class BPTrainer:
+    """Trains every linear layer of `model` (model.linear_layers(), model(x, ops) -> logits)
+    by backprop; holds all mutable run state. algo: one of BP_ALGOS, default cfg.ff.algo."""
+
+    model: torch.nn.Module
+    cfg: TrainConfig
+    num_classes: int
+    epoch: int = 0
+    history: list[EpochLog] = field(default_factory=list)
+    algo: str | None = None
+    bp: BPConfig = BPConfig()
+
+    def __post_init__(self) -> None:
+        if self.algo is None:
+            self.algo = self.cfg.ff.algo
+        if self.algo not in BP_ALGOS:
+            raise ConfigError(f"invalid --algo {self.algo!r} for backprop; choose one of: "
+                              f"{', '.join(BP_ALGOS)}")
+        layers = self.model.linear_layers()
+        # One param group per layer: bp-ui8 scales each layer's learning rate on its own.
+        self.optimizer = make_optimizer([{"params": [w, b]} for w, b in layers], self.cfg)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling
+        self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
+        self.int8 = self.algo != "bp-fp32"
+        kernel = self.cfg.ff.int8_kernel
+        self.layers = [Int8Layer(make_grad_quantizer(self.algo, self.bp), self.seeds, kernel,
+                                 self.bp.act_rounding) for _ in layers] if self.int8 else []
+        self.inference_ops = ([functools.partial(int8_linear_inference, kernel=kernel)] * len(layers)
+                              if self.int8 else None)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this trainer stands (between epochs)."""
+        return {"epoch": self.epoch, "history": [e.to_dict() for e in self.history],
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "sr_counter": self.seeds.counter,
+                "algo": self.algo, "grad_quant": [l.grad.state_dict() for l in self.layers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("algo", self.algo) != self.algo:
+            raise CheckpointError(f"the trainer state is of {state['algo']}, not {self.algo}")
+        if len(state.get("grad_quant", [])) != len(self.layers):
+            raise CheckpointError(f"the trainer state holds {len(state.get('grad_quant', []))} "
+                                  f"layer quantisers, the model {len(self.layers)}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.seeds.counter = int(state["sr_counter"])
+        for layer, s in zip(self.layers, state["grad_quant"]):
+            layer.grad.load_state_dict(s)
+        self.epoch = int(state["epoch"])
+        self.history = [EpochLog.from_dict(d) for d in state["history"]]
+
+    def _set_lr(self, lr: float) -> None:
+        scale = self.algo == "bp-ui8" and self.bp.lr_scaling
+        for i, group in enumerate(self.optimizer.param_groups):
+            factor = lr_scale(self.layers[i].grad.deviation, self.bp.lr_alpha,
+                              self.bp.lr_beta) if scale else 1.0
+            group["lr"] = lr * factor
+
+    def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
+                    unit: int | None = None, progress: bool = False) -> tuple[float, float]:
+        """One pass over the data in shuffled batches. Returns (mean loss per step, seconds)."""
+        if unit is not None:
+            raise ConfigError("--schedule greedy trains FF units one at a time; backprop trains "
+                              "all layers together (use --schedule simultaneous)")
+        n = x_train.shape[0]
+        bs = self.cfg.batch_size
+        perm = torch.randperm(n, generator=self.generator)
+        steps = range(0, n, bs)
+        bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
+                   disable=not (progress and sys.stderr.isatty()))
+        ops = self.layers if self.int8 else None
+        total = torch.zeros(())
+        phase = self.epoch % self.cfg.epochs
+        start = time.perf_counter()
+        for step, i in enumerate(bar):
+            idx = perm[i : i + bs]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(x_train[idx], ops), y_train[idx])
+            if not bool(torch.isfinite(loss)):
+                raise DivergenceError(
+                    f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the loss is "
+                    f"{loss.item()}; try a smaller --lr")
+            loss.backward()
+            # After backward: bp-ui8's factor uses this step's gradient deviation.
+            self._set_lr(self.cfg.lr_at((phase + step / len(steps)) / self.cfg.epochs))
+            self.optimizer.step()
+            total += loss.detach()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        seconds = time.perf_counter() - start
+        bar.close()
+        for i, (w, b) in enumerate(self.model.linear_layers()):
+            if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+                raise DivergenceError(
+                    f"training diverged at epoch {self.epoch + 1}, step {len(steps)}: the weights "
+                    f"of layer {i + 1} are no longer finite; try a smaller --lr")
+        return total.item() / len(steps), seconds
+
+    @torch.no_grad()
+    def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) images -> (B, C) logits: a float forward for bp-fp32, else int8 GEMMs with
+        round-to-nearest (no stochastic rounding at inference)."""
+        return self.model(x, self.inference_ops)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        correct = 0
+        bs = self.cfg.eval_batch_size
+        for i in range(0, x.shape[0], bs):
+            scores = self.predict_scores(x[i : i + bs])
+            correct += int((scores.argmax(1) == y[i : i + bs]).sum())
+        return correct / x.shape[0]
+
+    def fit(self, x_train, y_train, x_test, y_test, progress: bool = False,
+            on_epoch=None) -> list[EpochLog]:
+        """Train for cfg.epochs epochs (from self.epoch on, so a resumed trainer continues)."""
+        while self.epoch < self.cfg.epochs:
+            loss, seconds = self.train_epoch(x_train, y_train, None, progress)
+            acc = self.evaluate(x_test, y_test) if x_test is not None else None
+            log = EpochLog(self.epoch + 1, loss, acc, seconds, 0.0)
+            self.history.append(log)
+            self.epoch += 1
+            if on_epoch is not None:
+                on_epoch(log)
+        return self.history
