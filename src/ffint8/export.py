@@ -24,6 +24,7 @@ from torch import nn
 from ffint8.errors import ConfigError, FFInt8Error
 from ffint8.fileio import atomic_path
 from ffint8.infer import class_names
+from ffint8.nn.dense import FFDense
 from ffint8.nn.functional import EPS
 from ffint8.quant import quantize
 from ffint8.train.config import FFConfig
@@ -60,6 +61,9 @@ class FFInference(nn.Module):
     def __init__(self, model: nn.Module, ff: FFConfig, num_classes: int) -> None:
         super().__init__()
         units = list(model.units)
+        if not all(isinstance(u, FFDense) for u in units) or getattr(model, "head", None) is not None:
+            raise ConfigError("export supports FF-trained MLPs only so far, not convolutional "
+                              "models or the backprop baselines")
         in_features = units[0].in_features
         if not 1 <= num_classes <= in_features:
             raise ConfigError(f"num_classes must be in [1, {in_features}], got {num_classes}")

@@ -144,3 +144,11 @@ def test_onnx_bad_inputs(ort, checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="nope.pt"):
         export_onnx(tmp_path / "nope.pt", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("kw", [{"model": "resnet18", "width": 0.125}, {"model": "mlp", "classifier": True}])
+def test_export_refuses_what_it_cannot_export(kw):
+    name = kw.pop("model")
+    model = create_model(name, hidden=(16,), **kw)
+    with pytest.raises(ConfigError, match="export supports FF-trained MLPs only"):
+        FFInference(model, FFConfig(), 10)
