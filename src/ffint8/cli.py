@@ -29,6 +29,8 @@ from ffint8.train.config import (
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()  # no hidden layer (backprop: a linear classifier)
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
@@ -61,7 +63,12 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g = t.add_argument_group("model and data")
     g.add_argument("--model", default=d.model, help="registered model name (default %(default)s)")
     g.add_argument("--hidden", type=_int_list, default=d.hidden,
-                   help="MLP hidden widths, comma-separated (default 1000,1000)")
+                   help="MLP hidden widths, comma-separated (default 1000,1000; "
+                        "none: no hidden layer, backprop only)")
+    g.add_argument("--width", type=float, default=d.width,
+                   help="CNNs: channel width multiplier (default %(default)s)")
+    g.add_argument("--label-plane", action="store_true",
+                   help="CNNs: also feed the label as constant input channels")
     g.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASETS)}")
     g.add_argument("--data-dir", default=None, help="directory with the data set's files")
     g.add_argument("--limit-train", type=int, default=None, help="use the first N training samples")
@@ -110,6 +117,13 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last finished epoch, with its config "
                         "(only --epochs may change)")
+    g = t.add_argument_group("distributed (one process per rank: torchrun --nproc-per-node N -m "
+                             "ffint8 train --distributed ...; see docs/distributed.md)")
+    g.add_argument("--distributed", nargs="?", const="data", default=None, metavar="data|pipeline",
+                   help="data (the default): every rank trains on its share of each batch, "
+                        "effective batch = --batch-size x ranks; pipeline: rank r trains unit r")
+    g.add_argument("--grad-int8", action="store_true",
+                   help="data-parallel: exchange gradients as int8 (stochastic rounding, int32 sums)")
 
     if train_defaults:
         t.set_defaults(**train_defaults)
@@ -135,6 +149,12 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     _expect_flags(x)
 
     sub.add_parser("info", help="versions, CPU int8 support, kernels, GPUs, energy meters")
+    from ffint8.bench import add_bench_parser
+
+    add_bench_parser(sub)
+    from ffint8.fleet.cli import add_fleet_parser
+
+    add_fleet_parser(sub)
     return p
 
 
@@ -144,7 +164,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel, predict=a.predict, negatives=a.negatives)
-    return TrainConfig(model=a.model, hidden=a.hidden, dataset=a.dataset, data_dir=a.data_dir,
+    return TrainConfig(model=a.model, hidden=a.hidden, width=a.width, label_plane=a.label_plane,
+                       dataset=a.dataset, data_dir=a.data_dir,
                        epochs=TrainConfig.epochs if a.epochs is None else a.epochs,
                        batch_size=a.batch_size, lr=a.lr,
                        optimizer=a.optimizer,
@@ -189,8 +210,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.out = args.resume
             else:
                 cfg = config_from_args(args)
-            m = run_training(cfg, args.out, progress=not args.no_progress,
-                             resume=bool(args.resume), tensorboard=args.tensorboard)
+            if args.distributed:
+                from ffint8.dist.launch import run_distributed
+
+                m = run_distributed(args.distributed, cfg, args.out, args.grad_int8,
+                                    not args.no_progress, bool(args.resume), args.tensorboard)
+                if m is None:  # not rank 0
+                    return 0
+            elif args.grad_int8:
+                raise ConfigError("--grad-int8 needs --distributed data")
+            else:
+                m = run_training(cfg, args.out, progress=not args.no_progress,
+                                 resume=bool(args.resume), tensorboard=args.tensorboard)
             print(f"test accuracy {100 * m['test_accuracy']:.2f}%, training "
                   f"{m['train_seconds']:.1f}s; wrote {args.out}/metrics.json and model.pt")
         elif args.command == "eval":
@@ -216,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             from ffint8.info import collect_info, format_info
 
             print(format_info(collect_info()))
+        elif args.command == "bench":
+            from ffint8.bench import run_bench
+
+            return run_bench(args)
+        elif args.command == "fleet":
+            from ffint8.fleet.cli import run_fleet
+
+            return run_fleet(args)
     except DivergenceError as exc:
         print(f"ffint8: error: {exc}", file=sys.stderr)
         return 3
