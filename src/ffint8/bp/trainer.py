@@ -22,7 +22,7 @@ from ffint8.bp.linear import Int8Layer, int8_linear_inference
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError
 from ffint8.train.config import TrainConfig
 from ffint8.train.ff import SeedStream
-from ffint8.train.loop import EpochLog, make_optimizer
+from ffint8.train.loop import EpochLog, accuracy, make_optimizer
 
 
 @dataclass
@@ -132,12 +132,7 @@ class BPTrainer:
         return self.model(x, self.inference_ops)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        correct = 0
-        bs = self.cfg.eval_batch_size
-        for i in range(0, x.shape[0], bs):
-            scores = self.predict_scores(x[i : i + bs])
-            correct += int((scores.argmax(1) == y[i : i + bs]).sum())
-        return correct / x.shape[0]
+        return accuracy(self.predict_scores, x, y, self.cfg.eval_batch_size)
 
     def fit(self, x_train, y_train, x_test, y_test, progress: bool = False,
             on_epoch=None) -> list[EpochLog]:

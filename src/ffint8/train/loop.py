@@ -50,6 +50,15 @@ class EpochLog:
         return d
 
 
+def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Fraction of rows of x whose highest score under predict ((B, D) -> (B, C)) is y's label,
+    scored batch_size rows at a time."""
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        correct += int((predict(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return correct / x.shape[0]
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optimizer == "sgd":
@@ -201,12 +210,7 @@ class FFTrainer:
         return total.reshape(c, b).t()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        correct = 0
-        bs = self.cfg.eval_batch_size
-        for i in range(0, x.shape[0], bs):
-            scores = self.predict_scores(x[i : i + bs])
-            correct += int((scores.argmax(1) == y[i : i + bs]).sum())
-        return correct / x.shape[0]
+        return accuracy(self.predict_scores, x, y, self.cfg.eval_batch_size)
 
     def fit(self, x_train, y_train, x_test, y_test, progress: bool = False,
             on_epoch=None) -> list[EpochLog]:
