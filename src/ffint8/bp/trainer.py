@@ -22,7 +22,7 @@ from ffint8.bp.linear import Int8Layer, int8_linear_inference
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError
 from ffint8.train.config import TrainConfig
 from ffint8.train.ff import SeedStream
-from ffint8.train.loop import EpochLog, accuracy, make_optimizer
+from ffint8.train.loop import EpochLog, accuracy, check_finite, make_optimizer
 
 
 @dataclass
@@ -118,11 +118,8 @@ class BPTrainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         seconds = time.perf_counter() - start
         bar.close()
-        for i, (w, b) in enumerate(self.model.linear_layers()):
-            if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
-                raise DivergenceError(
-                    f"training diverged at epoch {self.epoch + 1}, step {len(steps)}: the weights "
-                    f"of layer {i + 1} are no longer finite; try a smaller --lr")
+        check_finite([list(wb) for wb in self.model.linear_layers()], self.epoch, len(steps),
+                     "layer")
         return total.item() / len(steps), seconds
 
     @torch.no_grad()

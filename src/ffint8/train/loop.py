@@ -50,6 +50,15 @@ class EpochLog:
         return d
 
 
+def check_finite(groups: list[list[torch.Tensor]], epoch: int, steps: int, name: str) -> None:
+    """A DivergenceError naming the first group (unit or layer) with a non-finite parameter."""
+    for i, params in enumerate(groups):
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise DivergenceError(
+                f"training diverged at epoch {epoch + 1}, step {steps}: the weights "
+                f"of {name} {i + 1} are no longer finite; try a smaller --lr")
+
+
 def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
     """Fraction of rows of x whose highest score under predict ((B, D) -> (B, C)) is y's label,
     scored batch_size rows at a time."""
@@ -181,11 +190,8 @@ class FFTrainer:
                 bar.set_postfix(loss=f"{losses.sum().item():.4f}")
         seconds = time.perf_counter() - start
         bar.close()
-        for i, u in enumerate(units):  # the last update must not leave a NaN for the checkpoint
-            if not all(bool(torch.isfinite(p).all()) for p in u.parameters()):
-                raise DivergenceError(
-                    f"training diverged at epoch {self.epoch + 1}, step {len(steps)}: the weights "
-                    f"of unit {i + 1} are no longer finite; try a smaller --lr")
+        # The last update must not leave a NaN for the checkpoint.
+        check_finite([list(u.parameters()) for u in units], self.epoch, len(steps), "unit")
         return total.item() / len(steps), seconds
 
     @torch.no_grad()
