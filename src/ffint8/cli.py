@@ -21,6 +21,7 @@ from ffint8.train.config import (
     NORMS,
     OPTIMIZERS,
     PREDICT,
+    PREDICT_UNITS,
     PRESETS,
     SCHEDULES,
     FFConfig,
@@ -91,6 +92,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--weight-per-channel", action="store_true", help="one weight scale per unit")
     g.add_argument("--predict", default=f.predict,
                    help=f"one of {', '.join(PREDICT)} (softmax: a readout on one neutral-label pass)")
+    g.add_argument("--predict-units", default=f.predict_units,
+                   help=f"one of {', '.join(PREDICT_UNITS)}: the units whose goodness prediction "
+                        "sums (skip-first: all but the first)")
     g.add_argument("--negatives", default=f.negatives,
                    help=f"one of {', '.join(NEGATIVES)} (hard: wrong labels the model now prefers)")
     g = t.add_argument_group("optimisation")
@@ -163,7 +167,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                   loss=a.loss, symba_alpha=a.symba_alpha, peer_weight=a.peer_weight,
                   norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
-                  weight_channel=a.weight_per_channel, predict=a.predict, negatives=a.negatives)
+                  weight_channel=a.weight_per_channel, predict=a.predict,
+                  predict_units=a.predict_units, negatives=a.negatives)
     return TrainConfig(model=a.model, hidden=a.hidden, width=a.width, label_plane=a.label_plane,
                        dataset=a.dataset, data_dir=a.data_dir,
                        epochs=TrainConfig.epochs if a.epochs is None else a.epochs,

@@ -83,6 +83,7 @@ class FFInference(nn.Module):
             self.register_buffer(f"bias{i}", unit.bias.detach().float().clone())
         self.num_units = len(units)
         self.predict = ff.predict
+        self.scored_units = ff.scored_units(len(units))  # goodness prediction sums these units
         if ff.predict == "softmax":  # one neutral-label pass and the linear readout
             neutral = torch.zeros(in_features)
             neutral[:num_classes] = 1.0 / num_classes
@@ -127,8 +128,9 @@ class FFInference(nn.Module):
         for i in range(self.num_units):  # fixed at export time
             w, b = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
             h = torch.addmm(b, self.normalize(h), w.t()).relu()
-            g = self.goodness_of(h)
-            total = g if total is None else total + g
+            if i in self.scored_units:
+                g = self.goodness_of(h)
+                total = g if total is None else total + g
         return total.reshape(self.num_classes, -1).t()
 
 

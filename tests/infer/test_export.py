@@ -40,10 +40,12 @@ def test_inference_equals_trainer_fp32(checkpoints, batch):
 
 @pytest.mark.parametrize("norm", ["rms", "l2"])
 @pytest.mark.parametrize("goodness", ["mean", "sum"])
-def test_inference_follows_norm_and_goodness(batch, norm, goodness):
+@pytest.mark.parametrize("units", ["all", "skip-first"])
+def test_inference_follows_norm_goodness_and_scored_units(batch, norm, goodness, units):
     torch.manual_seed(0)
     model = create_model("mlp", hidden=(24, 16, 8))
-    cfg = TrainConfig(hidden=(24, 16, 8), ff=FFConfig(algo="ff-fp32", norm=norm, goodness=goodness))
+    cfg = TrainConfig(hidden=(24, 16, 8), ff=FFConfig(algo="ff-fp32", norm=norm, goodness=goodness,
+                                                      predict_units=units))
     with torch.no_grad():
         got = FFInference(model, cfg.ff, 10)(batch[:16])
     want = FFTrainer(model, cfg, 10).predict_scores(batch[:16])

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from ffint8.models.registry import register_model
 from ffint8.nn.dense import FFDense
+from ffint8.train.config import scored_units
 
 # (x (B, D), weight (N, D), bias (N,)) -> (B, N): F.linear or a quantised replacement.
 LinearOp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -33,7 +34,7 @@ class FFMLP(nn.Module):
         self.head = nn.Linear(sizes[-1], num_classes) if classifier else None
         # FF softmax readout on the normalised activities of the units it reads (all but the
         # first when there are several, as in Hinton's FF code): trained by its own loss only.
-        self.readout_units = list(range(1 if len(hidden) > 1 else 0, len(hidden)))
+        self.readout_units = scored_units(len(hidden), "skip-first")
         width = sum(hidden[i] for i in self.readout_units)
         self.readout = nn.Linear(width, num_classes) if readout else None
 

@@ -128,9 +128,12 @@ def eval_mode(units: Sequence[nn.Module]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def total_goodness(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig) -> torch.Tensor:
-    """Goodness summed over units, (B, D) -> (B,): inference (running norm statistics; INT8
-    rounds to nearest with one scale per sample, so a score does not depend on its batch)."""
+def total_goodness(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig,
+                   scored: Sequence[int] | None = None) -> torch.Tensor:
+    """Goodness summed over the units `scored` (default all), (B, D) -> (B,): inference (running
+    norm statistics; INT8 rounds to nearest with one scale per sample, so a score does not
+    depend on its batch)."""
     with eval_mode(units):
         _, ys = forward_units(units, x, cfg, seeds=None)
-    return sum(unit_goodness(y, cfg.goodness) for y in ys)
+    scored = range(len(ys)) if scored is None else scored
+    return sum(unit_goodness(ys[i], cfg.goodness) for i in scored)

@@ -198,8 +198,9 @@ class FFTrainer:
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores: (B, D) images -> (B, C). INT8 inference rounds to nearest.
 
-        goodness: goodness summed over units for every label, one forward of (C * B) rows with
-        each label embedded in turn. softmax: the readout's logits from one neutral-label pass."""
+        goodness: goodness summed over units (cfg.ff.predict_units) for every label, one forward
+        of (C * B) rows with each label embedded in turn. softmax: the readout's logits from one
+        neutral-label pass."""
         ff = self.cfg.ff
         if ff.predict == "softmax":
             records = forward_records(self.units, embed_neutral(x, self.num_classes), ff, None)
@@ -208,11 +209,12 @@ class FFTrainer:
         b, c = x.shape[0], self.num_classes
         labels = torch.arange(c).repeat_interleave(b)
         xs = embed_label(x.repeat(c, 1), labels, c)
+        scored = ff.scored_units(len(self.units))
         if self.dense:
-            records = forward_records(self.units, xs, self.cfg.ff, seeds=None)
-            total = sum(FF.goodness(r.y, self.cfg.ff.goodness) for r in records)  # (C * B,)
+            records = forward_records(self.units, xs, ff, seeds=None)
+            total = sum(FF.goodness(records[i].y, ff.goodness) for i in scored)  # (C * B,)
         else:
-            total = ff_units.total_goodness(self.units, xs, self.cfg.ff)
+            total = ff_units.total_goodness(self.units, xs, ff, scored)
         return total.reshape(c, b).t()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
