@@ -128,9 +128,14 @@ def test_cli_trains_resnet18(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == m["test_accuracy"]
 
 
-def test_backprop_baselines_on_a_cnn_are_a_clear_error():
+def test_backprop_baselines_train_the_cnns():
+    """The baselines take every registered model (tests/bp/test_cnn_bp.py trains them); a model
+    that does not list its layers is a clear error."""
+    from ffint8.bp import BPTrainer
     from ffint8.train.run import make_trainer
 
     cfg = TrainConfig(model="resnet18", ff=FFConfig(algo="bp-fp32"))
-    with pytest.raises(ConfigError, match="--algo bp-fp32: the backprop baselines train the mlp"):
-        make_trainer(create_model("resnet18", width=0.125, classifier=True), cfg, 10)
+    assert isinstance(make_trainer(create_model("resnet18", width=0.125, classifier=True), cfg, 10),
+                      BPTrainer)
+    with pytest.raises(ConfigError, match="--algo bp-fp32: model resnet18 does not list its layers"):
+        make_trainer(torch.nn.Linear(784, 10), cfg, 10)

@@ -1,7 +1,7 @@
 """How each int8 baseline quantises a layer's activation gradient, and the state it keeps.
 
 A quantiser sees the float gradient g at the layer's output, (M, N) with N output channels (M = B
-rows for a dense layer; a conv layer would pass (B * H * W, C_out)), and returns the int8 operands
+rows for a dense layer; a conv layer passes (B * H * W, C_out)), and returns the int8 operands
 of the two backward GEMMs: one for g_x (always one scale per tensor, since g_x sums over N) and
 one for g_W (per tensor, or per output channel: g_W's rows are the channels). They are the same
 QTensor when one quantisation serves both.

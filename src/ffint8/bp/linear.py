@@ -8,8 +8,8 @@
 Every product is int8 x int8 with exact int32 accumulation (ffint8.quant.int8_mm_scaled), scaled
 back to float32. x_q and W_q are per tensor: W rounds to nearest, x as BPConfig.act_rounding says
 (stochastic by default, unbiased, as FF-INT8 rounds its activations). g_q comes from the layer's
-GradQuantizer (ffint8.bp.grad), which is where the baselines differ. A conv op would sit beside
-this one with the same Int8Layer and GradQuantizer, passing g as (B * H * W, C_out).
+GradQuantizer (ffint8.bp.grad), which is where the baselines differ. The same Int8Layer computes a
+convolution too (Int8Layer.conv2d, ffint8.bp.conv), its quantiser seeing g as (B * H * W, C_out).
 """
 
 from __future__ import annotations
@@ -17,25 +17,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ffint8.bp.clip import gram_cosine_distance
+from ffint8.bp.conv import Int8ConvFunction
 from ffint8.bp.grad import GradQuantizer
-from ffint8.quant import int8_mm_scaled, quantize
+from ffint8.nn.conv import conv_kernel, quantize_activation
+from ffint8.quant import QTensor, int8_mm_scaled, quantize
+from ffint8.quant.conv import ConvKernel, ConvSpec
 from ffint8.quant.quantize import dequantize
 from ffint8.train.ff import SeedStream
 
 
 @dataclass
 class Int8Layer:
-    """One quantised linear layer's settings and state; calling it is the layer's LinearOp."""
+    """One quantised layer's settings and state. Calling it is a linear layer's LinearOp;
+    conv2d(x, conv) is a convolution's op (Arith's interface, so ConvNet's blocks take it)."""
 
     grad: GradQuantizer
     seeds: SeedStream  # shared by all layers of a trainer: one deterministic stream
-    kernel: str = "auto"
+    kernel: str = "auto"  # an FFConfig.int8_kernel name (GEMM); convolutions use conv_kernel
     act_rounding: str = "stochastic"
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return Int8LinearFunction.apply(x, weight, bias, self)
+
+    def conv2d(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """conv's convolution of x (B, C, H, W) with int8 forward and backward (Int8ConvFunction)."""
+        spec = ConvSpec(conv.stride, conv.padding, conv.groups)
+        return Int8ConvFunction.apply(x, conv.weight, conv.bias, spec, self)
+
+    @property
+    def conv_kernel(self) -> ConvKernel:
+        """The int8 convolution kernel that computes as `kernel` does."""
+        return conv_kernel(self.kernel)
+
+    def quantize_input(self, x: torch.Tensor) -> QTensor:
+        """The layer input in int8, one scale per tensor: stochastic rounding keyed by the next
+        seed of the stream, or to nearest, as act_rounding says."""
+        seed = self.seeds.next() if self.act_rounding == "stochastic" else None
+        return quantize_activation(x.detach().float(), seed)
 
 
 class Int8LinearFunction(torch.autograd.Function):
@@ -44,9 +65,8 @@ class Int8LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 layer: Int8Layer) -> torch.Tensor:
-        stochastic = layer.act_rounding == "stochastic"
-        x_q = quantize(x, layer.act_rounding, seed=layer.seeds.next() if stochastic else None)
-        w_q = quantize(weight, "nearest")
+        x_q = layer.quantize_input(x)
+        w_q = quantize(weight.detach(), "nearest")
         y = int8_mm_scaled(x_q.q, x_q.scale, w_q.q.t(), w_q.scale, layer.kernel)  # (B, N) float32
         ctx.save_for_backward(x_q.q, x_q.scale, w_q.q, w_q.scale)
         ctx.layer = layer

@@ -1,7 +1,9 @@
 """BPTrainer: backprop with a softmax cross-entropy head, in float32 or int8 (bp-* algorithms).
 
 The same public interface as ffint8.train.loop.FFTrainer (fields, state_dict, train_epoch,
-predict_scores, evaluate, fit), so the run, the checkpoints and the CLI treat both alike.
+predict_scores, evaluate, fit), so the run, the checkpoints and the CLI treat both alike. It trains
+the MLP and the CNNs: every layer of model.linear_layers() (dense or conv) is quantised, the rest
+(the CNNs' normalisation layers) stays float32.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ffint8.bp.config import BP_ALGOS, BPConfig
 from ffint8.bp.grad import make_grad_quantizer
 from ffint8.bp.linear import Int8Layer, int8_linear_inference
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError
+from ffint8.nn.blocks import Arith
 from ffint8.train.config import TrainConfig
 from ffint8.train.ff import SeedStream
 from ffint8.train.loop import EpochLog, accuracy, check_finite, make_optimizer
@@ -27,8 +30,14 @@ from ffint8.train.loop import EpochLog, accuracy, check_finite, make_optimizer
 
 @dataclass
 class BPTrainer:
-    """Trains every linear layer of `model` (model.linear_layers(), model(x, ops) -> logits)
-    by backprop; holds all mutable run state. algo: one of BP_ALGOS, default cfg.ff.algo."""
+    """Trains `model` by backprop (model(x, ops) -> logits, one op per layer of
+    model.linear_layers(): dense (N, D) or conv (O, C/G, kh, kw) weights); holds all mutable run
+    state. algo: one of BP_ALGOS, default cfg.ff.algo.
+
+    Optimiser parameter groups: one per layer of linear_layers() (its weight and bias: bp-ui8
+    scales each layer's learning rate on its own), then, where the model has any, one holding
+    every other parameter (the CNNs' norms) at the unscaled learning rate.
+    """
 
     model: torch.nn.Module
     cfg: TrainConfig
@@ -45,16 +54,15 @@ class BPTrainer:
             raise ConfigError(f"invalid --algo {self.algo!r} for backprop; choose one of: "
                               f"{', '.join(BP_ALGOS)}")
         layers = self.model.linear_layers()
-        # One param group per layer: bp-ui8 scales each layer's learning rate on its own.
-        self.optimizer = make_optimizer([{"params": [w, b]} for w, b in layers], self.cfg)
+        self.param_groups = parameter_groups(self.model)
+        self.optimizer = make_optimizer([{"params": g} for g in self.param_groups], self.cfg)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
         self.int8 = self.algo != "bp-fp32"
         kernel = self.cfg.ff.int8_kernel
         self.layers = [Int8Layer(make_grad_quantizer(self.algo, self.bp), self.seeds, kernel,
                                  self.bp.act_rounding) for _ in layers] if self.int8 else []
-        self.inference_ops = ([functools.partial(int8_linear_inference, kernel=kernel)] * len(layers)
-                              if self.int8 else None)
+        self.inference_ops = [inference_op(w, kernel) for w, _ in layers] if self.int8 else None
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this trainer stands (between epochs)."""
@@ -81,8 +89,9 @@ class BPTrainer:
     def _set_lr(self, lr: float) -> None:
         scale = self.algo == "bp-ui8" and self.bp.lr_scaling
         for i, group in enumerate(self.optimizer.param_groups):
-            factor = lr_scale(self.layers[i].grad.deviation, self.bp.lr_alpha,
-                              self.bp.lr_beta) if scale else 1.0
+            factor = 1.0  # bp-fp32, bp-int8, bp-gdai8, and the float parameters' group
+            if scale and i < len(self.layers):
+                factor = lr_scale(self.layers[i].grad.deviation, self.bp.lr_alpha, self.bp.lr_beta)
             group["lr"] = lr * factor
 
     def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
@@ -98,6 +107,7 @@ class BPTrainer:
         bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
                    disable=not (progress and sys.stderr.isatty()))
         ops = self.layers if self.int8 else None
+        self.model.train()  # batch statistics in the norms
         total = torch.zeros(())
         phase = self.epoch % self.cfg.epochs
         start = time.perf_counter()
@@ -118,14 +128,15 @@ class BPTrainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         seconds = time.perf_counter() - start
         bar.close()
-        check_finite([list(wb) for wb in self.model.linear_layers()], self.epoch, len(steps),
-                     "layer")
+        check_finite(self.param_groups, self.epoch, len(steps), "parameter group")
         return total.item() / len(steps), seconds
 
     @torch.no_grad()
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D) images -> (B, C) logits: a float forward for bp-fp32, else int8 GEMMs with
-        round-to-nearest (no stochastic rounding at inference)."""
+        """(B, D) images -> (B, C) logits: a float forward for bp-fp32, else int8 GEMMs and
+        convolutions with round-to-nearest (no stochastic rounding at inference). The norms use
+        their running statistics (eval mode), so a sample's logits do not depend on its batch."""
+        self.model.eval()
         return self.model(x, self.inference_ops)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -143,3 +154,20 @@ class BPTrainer:
             if on_epoch is not None:
                 on_epoch(log)
         return self.history
+
+
+def parameter_groups(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
+    """The optimiser's groups: each layer's weight and bias (if any) in linear_layers() order,
+    then every other parameter of the model in one group (absent when there is none)."""
+    layers = [[p for p in wb if p is not None] for wb in model.linear_layers()]
+    quantised = {id(p) for group in layers for p in group}
+    rest = [p for p in model.parameters() if id(p) not in quantised]
+    return layers + [rest] if rest else layers
+
+
+def inference_op(weight: torch.Tensor, kernel: str):
+    """The int8 inference op of a layer with this weight, rounding to nearest with one scale per
+    sample: Arith's int8 convolution for a conv (4-D) weight, int8_linear_inference else."""
+    if weight.dim() == 4:
+        return Arith(int8=True, seed=None, kernel=kernel)
+    return functools.partial(int8_linear_inference, kernel=kernel)

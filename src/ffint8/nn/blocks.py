@@ -19,7 +19,9 @@ are offered too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +29,11 @@ from torch import nn
 
 from ffint8.errors import ConfigError
 from ffint8.nn import functional as FF
-from ffint8.nn.conv import conv2d_int8
+from ffint8.nn.conv import conv2d_int8, conv_kernel
 from ffint8.quant.fastsr import mix64
 
 NORMS = ("batch", "group", "none")
 ACTIVATIONS = ("relu", "relu6", "silu", "sigmoid", None)
-# the int8 GEMM kernel names of FFConfig.int8_kernel -> the int8 convolution kernel that matches
-_CONV_KERNEL = {"auto": "auto", "int_mm": "im2col", "float-exact": "float-exact",
-                "reference": "reference"}
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,32 @@ class Arith:
         if not torch.is_grad_enabled():  # parameters would make Int8Conv2d think it trains
             w, b = w.detach(), None if b is None else b.detach()
         return conv2d_int8(x, w, b, conv.stride, conv.padding, conv.groups, self.seed,
-                           self.weight_channel, _CONV_KERNEL.get(self.kernel, "auto"))
+                           self.weight_channel, conv_kernel(self.kernel))
 
 
 FLOAT = Arith()
+
+
+class ConvOp(Protocol):
+    """What a unit's convolutions need of their arithmetic: Arith, or one of a backprop
+    baseline's quantised layers (ffint8.bp.linear.Int8Layer)."""
+
+    def conv2d(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True, eq=False)
+class LayerArith:
+    """Arith's interface with an op of its own for every convolution: conv2d(x, conv) runs
+    ops[conv].conv2d(x, conv). The backprop baselines give each conv layer its own quantiser this
+    way, through the blocks unchanged (sub(k) keeps the mapping: there is no seed to split)."""
+
+    ops: dict[nn.Conv2d, ConvOp]
+
+    def sub(self, k: int) -> LayerArith:
+        return self
+
+    def conv2d(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        return self.ops[conv].conv2d(x, conv)
 
 
 def cnn_input(model: str, in_features: int, shape: tuple[int, int, int] | None = None,
@@ -277,11 +298,37 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(out_channels, num_classes) if classifier else None
         self.readout = None  # no softmax readout (--predict softmax is the MLP's)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Backprop forward: (B, D) flattened images -> (B, num_classes) logits."""
+    def convs(self) -> list[nn.Conv2d]:
+        """Every convolution of the units, in module order (the order the units run them)."""
+        return [m for m in self.units.modules() if isinstance(m, nn.Conv2d)]
+
+    def linear_layers(self) -> list[tuple[nn.Parameter, nn.Parameter | None]]:
+        """(weight, bias) of every layer the backprop baselines quantise, as FFMLP's: each
+        convolution (weight (O, C/G, kh, kw); bias (O,), or None under a norm), then the head's
+        (N, D) and (N,). The norms' parameters are not among them."""
+        layers = [(c.weight, c.bias) for c in self.convs()]
+        if self.head is not None:
+            layers.append((self.head.weight, self.head.bias))
+        return layers
+
+    def forward(self, x: torch.Tensor, ops: Sequence[ConvOp | Callable] | None = None
+                ) -> torch.Tensor:
+        """Backprop forward: (B, D) flattened images -> (B, num_classes) logits.
+
+        ops: one per layer of linear_layers(), so a baseline can swap in its quantised layers:
+        each convolution's a ConvOp, the head's a LinearOp (ffint8.models.mlp: (x, W, b) -> y).
+        Default: float32 (F.conv2d, F.linear).
+        """
         if self.head is None:
             raise RuntimeError("this model was built without a classifier head (classifier=False)")
+        arith, head = FLOAT, F.linear
+        if ops is not None:
+            convs = self.convs()
+            if len(ops) != len(convs) + 1:
+                raise ValueError(f"expected {len(convs) + 1} ops (one per conv, then the head), "
+                                 f"got {len(ops)}")
+            arith, head = LayerArith(dict(zip(convs, ops[:-1]))), ops[-1]
         h = x
         for unit in self.units:
-            h = unit(h, norm=None)
-        return self.head(h.mean(dim=(2, 3)))
+            h = unit(h, norm=None, arith=arith)
+        return head(h.mean(dim=(2, 3)), self.head.weight, self.head.bias)

@@ -26,6 +26,16 @@ from ffint8.quant.conv import (
 )
 from ffint8.quant.fastsr import mix64
 
+# the int8 GEMM kernel names of FFConfig.int8_kernel -> the int8 convolution kernel that matches
+_CONV_KERNEL = {"auto": "auto", "int_mm": "im2col", "float-exact": "float-exact",
+                "reference": "reference"}
+
+
+def conv_kernel(gemm_kernel: str) -> ConvKernel:
+    """The int8 convolution kernel that computes as the GEMM kernel `gemm_kernel` (an
+    FFConfig.int8_kernel name: auto, int_mm, float-exact, reference) does; "auto" otherwise."""
+    return _CONV_KERNEL.get(gemm_kernel, "auto")
+
 
 def grad_seed(seed: int) -> int:
     """The stochastic-rounding seed for grad_output of the forward keyed by seed."""

@@ -58,9 +58,9 @@ def make_trainer(model: torch.nn.Module, cfg: TrainConfig, num_classes: int,
         if parallel is not None:
             raise ConfigError("--distributed trains the FF algorithms only, not "
                               f"{cfg.ff.algo}")
-        if not hasattr(model, "linear_layers"):
-            raise ConfigError(f"--algo {cfg.ff.algo}: the backprop baselines train the mlp only, "
-                              f"not {cfg.model}")
+        if not hasattr(model, "linear_layers"):  # every registered model has them
+            raise ConfigError(f"--algo {cfg.ff.algo}: model {cfg.model} does not list its layers "
+                              "(linear_layers), which the backprop baselines quantise")
         from ffint8.bp.trainer import BPTrainer
 
         return BPTrainer(model, cfg, num_classes)
