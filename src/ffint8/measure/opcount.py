@@ -1,137 +1,48 @@
 """Arithmetic operation counts of one training step, one epoch and a whole run (cf. paper Table IV).
 
-Counted from layer shapes, following what ffint8.train.ff and the backprop baselines compute.
+Counted from layer shapes, following what ffint8.train.ff (dense units), ffint8.train.ff_units
+(convolutional units) and the backprop baselines compute.
 Conventions (docs/measurement.md has the derivation):
-- A GEMM (M, K) @ (K, N) is M*N*K multiplies and M*N*K adds (one multiply-accumulate each).
-  int8 GEMMs multiply 8-bit operands and accumulate in int32, so their adds are counted as
-  32-bit integer adds (int32_add); float GEMMs count fp32_mul and fp32_add.
+- A GEMM (M, K) @ (K, N) is M*N*K multiplies and M*N*K adds (one multiply-accumulate each); a
+  convolution is one GEMM per group (ffint8.measure.counts). int8 GEMMs multiply 8-bit operands
+  and accumulate in int32, so their adds are counted as 32-bit integer adds (int32_add); float
+  GEMMs count fp32_mul and fp32_add.
 - Elementwise float work over whole tensors is counted (normalisation, goodness, rescaling,
-  bias, gradient scaling, the optimiser). A division, square root or exp counts as one multiply.
+  bias, gradient scaling, the optimiser; in conv units the norms, activations, residual adds and
+  squeeze-excitation: ffint8.measure.convunit). A division, square root or exp counts as one
+  multiply.
 - Work per row or per tensor (per-row norms and losses, scales, sigmoids: O(B) per unit) is
   left out: below 0.1% of any step of the MLP. Comparisons (ReLU, absmax, clamp) are not counted.
 - `quantized` counts elements quantised to int8 (each: a scale multiply, a rounding, a clamp;
   stochastic rounding also draws a random number); they are not in the fp32 counts.
-Layers are counted by type (DENSE_COUNTERS), so conv layers can be added beside Dense.
+Layers are counted by type (ffint8.measure.counts.LAYER_COUNTERS): Dense, Conv, and whole conv
+units (ConvUnit) and the ConvNet head (PoolHead), whose shapes are read off the model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 
 from ffint8.errors import ConfigError
-
-FF_ALGOS = ("ff-int8", "ff-fp32")
-BP_ALGOS = ("bp-fp32", "bp-int8", "bp-ui8", "bp-gdai8")
-INT8_ALGOS = ("ff-int8", "bp-int8", "bp-ui8", "bp-gdai8")
-ALL_ALGOS = FF_ALGOS + BP_ALGOS
-# Optimiser arithmetic per parameter (multiplies, adds):
-# Adam: m = b1 m + (1-b1) g (2, 1); v = b2 v + (1-b2) g^2 (3, 1); sqrt(v_hat) + eps (1, 1);
-#       p -= lr_t * m / denom (2, 1).   SGD with momentum: buf = mu buf + g (1, 1); p -= lr buf (1, 1).
-OPTIMIZER_OPS = {"adam": (8, 4), "sgd": (2, 2)}
-# The clip searches of bp-ui8 and bp-gdai8 (ffint8.bp.clip.search_ratio): every `period` steps,
-# a grid of `grid` clip ratios, 2 golden-section starts and `refine` steps: one evaluation each.
-BP_SEARCH_DEFAULTS = (100, 24, 16)  # BPConfig's search_period, search_grid, search_refine
-
-
-@dataclass(frozen=True)
-class OpCounts:
-    """Operation counts; int8_mul and int32_add come from int8 GEMMs (int32 accumulation)."""
-
-    int8_mul: int = 0
-    int32_add: int = 0
-    fp32_mul: int = 0
-    fp32_add: int = 0
-    quantized: int = 0  # elements quantised to int8
-
-    def __add__(self, other: OpCounts) -> OpCounts:
-        return OpCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    def __sub__(self, other: OpCounts) -> OpCounts:
-        return OpCounts(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
-
-    def __mul__(self, k: int) -> OpCounts:
-        return OpCounts(*(getattr(self, f.name) * k for f in fields(self)))
-
-    __rmul__ = __mul__
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-ZERO = OpCounts()
-
-
-def fp32(mul: int = 0, add: int = 0) -> OpCounts:
-    return OpCounts(fp32_mul=mul, fp32_add=add)
-
-
-def gemm(m: int, k: int, n: int, int8: bool) -> OpCounts:
-    """(M, K) @ (K, N): M*N*K multiply-accumulates, int8 x int8 -> int32 or fp32."""
-    macs = m * k * n
-    return OpCounts(int8_mul=macs, int32_add=macs) if int8 else fp32(macs, macs)
-
-
-@dataclass(frozen=True)
-class Dense:
-    """A dense layer: (rows, in_features) -> (rows, out_features), weight (out, in) and bias."""
-
-    in_features: int
-    out_features: int
-
-    @property
-    def weights(self) -> int:
-        return self.in_features * self.out_features
-
-    @property
-    def params(self) -> int:
-        return self.weights + self.out_features
-
-    def in_elems(self, rows: int) -> int:
-        return rows * self.in_features
-
-    def out_elems(self, rows: int) -> int:
-        return rows * self.out_features
-
-
-def dense_forward(layer: Dense, rows: int, int8: bool) -> OpCounts:
-    """z = x W^T + b. int8: quantise x and W, int8 GEMM, rescale the accumulator to float."""
-    d, n = layer.in_features, layer.out_features
-    ops = gemm(rows, d, n, int8) + fp32(add=rows * n)  # + bias
-    if int8:
-        ops += OpCounts(quantized=rows * d + layer.weights) + fp32(mul=rows * n)
-    return ops
-
-
-def dense_weight_grad(layer: Dense, rows: int, int8: bool, quantize_grad: bool = True) -> OpCounts:
-    """g_W = g_z^T x (N, D) and g_b = sum of g_z over rows. int8: g_z quantised (unless the
-    caller already did), int8 GEMM, rescale."""
-    d, n = layer.in_features, layer.out_features
-    ops = gemm(n, rows, d, int8) + fp32(add=rows * n)
-    if int8:
-        ops += fp32(mul=layer.weights) + OpCounts(quantized=rows * n if quantize_grad else 0)
-    return ops
-
-
-def dense_input_grad(layer: Dense, rows: int, int8: bool, quantize_grad: bool = True) -> OpCounts:
-    """g_x = g_z W (rows, D). int8: g_z quantised (unless already), int8 GEMM, rescale."""
-    d, n = layer.in_features, layer.out_features
-    ops = gemm(rows, n, d, int8)
-    if int8:
-        ops += fp32(mul=rows * d) + OpCounts(quantized=rows * n if quantize_grad else 0)
-    return ops
-
-
-# Layer type -> (forward, weight_grad, input_grad); a conv layer type plugs in here.
-DENSE_COUNTERS = {Dense: (dense_forward, dense_weight_grad, dense_input_grad)}
-
-
-def _counters(layer):
-    try:
-        return DENSE_COUNTERS[type(layer)]
-    except KeyError:
-        raise ConfigError(f"no operation counts for layer type {type(layer).__name__}") from None
+from ffint8.measure.convshapes import conv_layers, shape_model
+from ffint8.measure.convunit import ConvUnit, entry_input_grads
+from ffint8.measure.counts import (  # noqa: F401  (re-exported: the counts' public names)
+    ALL_ALGOS,
+    BP_ALGOS,
+    FF_ALGOS,
+    INT8_ALGOS,
+    OPTIMIZER_OPS,
+    ZERO,
+    Conv,
+    Dense,
+    OpCounts,
+    bp_grad_extra,
+    counters,
+    fp32,
+    gemm,
+    optimizer_ops,
+)
 
 
 def mlp_layers(in_features: int, hidden: Sequence[int], num_classes: int | None = None) -> list[Dense]:
@@ -140,21 +51,15 @@ def mlp_layers(in_features: int, hidden: Sequence[int], num_classes: int | None 
     return [Dense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
 
 
-def optimizer_ops(n_params: int, optimizer: str = "adam", weight_decay: float = 0.0) -> OpCounts:
-    if optimizer not in OPTIMIZER_OPS:
-        raise ConfigError(f"invalid optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_OPS)}")
-    mul, add = OPTIMIZER_OPS[optimizer]
-    if weight_decay:
-        mul, add = mul + 1, add + 1  # g + wd * p
-    return fp32(mul * n_params, add * n_params)
+Layer = Dense | ConvUnit  # what the training steps walk; BP adds a head (Dense or PoolHead)
 
 
-def _ff_forward(units: Sequence[Dense], rows: int, int8: bool, goodness: bool = True) -> OpCounts:
-    """The shared forward: per unit the rms norm (square, sum, divide), the linear map, and
+def _ff_forward(units: Sequence[Layer], rows: int, int8: bool, goodness: bool = True) -> OpCounts:
+    """The shared forward: per unit the rms norm (square, sum, divide), the unit's body, and
     (goodness) the goodness and local gradient, or the goodness alone."""
     ops = ZERO
     for u in units:
-        forward = _counters(u)[0]
+        forward = counters(u).forward
         ops += fp32(mul=2 * u.in_elems(rows), add=u.in_elems(rows)) + forward(u, rows, int8)
         if goodness:
             ops += fp32(mul=u.out_elems(rows), add=u.out_elems(rows))
@@ -193,14 +98,41 @@ def ff_prediction_ops(units: Sequence[Dense], batch_size: int, int8: bool, num_c
     return ZERO
 
 
-def ff_step_ops(units: Sequence[Dense], batch_size: int, int8: bool, look_ahead: str = "none",
+def chain_rungs(n_units: int, depth: int) -> list[tuple[int, int, int, int, int]]:
+    """The chain look-ahead's ladder, as both ff_gradients (ffint8.train.ff, ff_units) walk it:
+    per unit l from the last, (l, signals arriving from above, of them those handed on below,
+    merges of two signals under one key, live signals handed on). Losses with j <= depth travel
+    summed under key 0; a signal stops below unit j - depth."""
+    rungs = []
+    signals: list[int] = []  # keys of the live signals
+    for l in range(n_units - 1, -1, -1):
+        passed = merges = 0
+        live: list[int] = []
+        for j in [*signals, l] if l > 0 else []:
+            if j > l - 1 + depth:
+                continue
+            passed += j != l
+            key = 0 if j <= depth else j
+            if key in live:
+                merges += 1
+            else:
+                live.append(key)
+        rungs.append((l, len(signals), passed, merges, len(live)))
+        signals = live
+    return rungs
+
+
+def ff_step_ops(units: Sequence[Layer], batch_size: int, int8: bool, look_ahead: str = "none",
                 lam_active: bool = True, chain_depth: int | None = None, peer: bool = False) -> OpCounts:
     """One ff_gradients call on 2*batch_size rows (positives and negatives), optimiser excluded.
 
-    Mirrors ffint8.train.ff: the shared forward (rms norm, linear, ReLU) of every unit, its
-    goodness and local gradient g_z = c * y, then per unit from the last: the chain signal
-    (when active), g_W and g_b, and the input-gradient GEMMs chain passes down (one per live
-    signal). collab differs from none only in per-row work, which is not counted.
+    Mirrors ffint8.train.ff for dense units and ffint8.train.ff_units for conv units: the shared
+    forward of every unit, its goodness and local gradient g_z = c * y, then per unit from the
+    last: the chain signal (when active), the backward to its parameters (dense: g_W and g_b),
+    and a backward to its input for every live signal chain passes down (dense: the input-
+    gradient GEMM; then the rms norm's backward). collab differs from none only in per-row
+    work, which is not counted. Dense signals are taken w.r.t. the ReLU's output and masked
+    into z (one multiply each); conv signals are w.r.t. the unit's output y.
     """
     m = 2 * batch_size
     ops = _ff_forward(units, m, int8)
@@ -209,97 +141,49 @@ def ff_step_ops(units: Sequence[Dense], batch_size: int, int8: bool, look_ahead:
         if peer:  # two batch means, the mask multiply, the add into g_z
             ops += fp32(mul=u.out_elems(m), add=3 * u.out_elems(m))
     chain = look_ahead == "chain" and lam_active
-    n = len(units)
-    depth = n if chain_depth is None else chain_depth
-    signals: list[int] = []  # keys of the live chain signals, as in ff_gradients
-    for l in range(n - 1, -1, -1):
+    depth = len(units) if chain_depth is None else chain_depth
+    for l, incoming, passed, merges, live in chain_rungs(len(units), depth):
         u = units[l]
-        _, wgrad, igrad = _counters(u)
-        out = u.out_elems(m)
-        if chain and signals:
-            ops += fp32(mul=2 * out, add=len(signals) * out)  # sum of k signals, mask, lam *, +
-        ops += wgrad(u, m, int8)
+        c = counters(u)
+        out, conv = u.out_elems(m), isinstance(u, ConvUnit)
+        mask = 0 if conv else 1
+        if chain and incoming:  # sum of k signals, (mask,) lam *, + g_z
+            ops += fp32(mul=(1 + mask) * out, add=incoming * out)
+        ops += c.weight_grad(u, m, int8)
         if not chain or l == 0:
             continue
-        live: list[int] = []
-        for j in [*signals, l]:
-            if j > l - 1 + depth:
-                continue
-            if j != l:
-                ops += fp32(mul=out)  # s * mask
-            key = 0 if j <= depth else j
-            if key in live:
-                ops += fp32(add=out)
-            else:
-                live.append(key)
-        for _ in live:  # through the linear map, then the norm's backward (3 mul, 2 add / input)
-            ops += igrad(u, m, int8) + fp32(mul=3 * u.in_elems(m), add=2 * u.in_elems(m))
-        signals = live
+        if conv and int8:  # the unit's input requires grad: Int8Conv2d forms the entry g_x too
+            ops += entry_input_grads(u, m, int8)
+        ops += fp32(mul=mask * passed * out, add=merges * out)  # (s * mask,) merged signals
+        back = c.input_grad(u, m, int8) + fp32(mul=3 * u.in_elems(m), add=2 * u.in_elems(m))
+        ops += back * live  # to the input, then the norm's backward (3 mul, 2 add per input)
     return ops
 
 
-def _bp_search() -> tuple[int, int]:
-    """(period, evaluations per search) from BPConfig's defaults."""
-    try:
-        from ffint8.bp.config import BPConfig
-
-        c = BPConfig()
-        period, grid, refine = c.search_period, c.search_grid, c.search_refine
-    except ImportError:
-        period, grid, refine = BP_SEARCH_DEFAULTS
-    return period, grid + 2 + refine
-
-
-def _cosine(n: int) -> OpCounts:
-    """cosine_distance of two n-element tensors after dequantising one (done in float64; counted
-    as fp32): dequantise, two norms, two scalings, difference, square, sum."""
-    return fp32(mul=6 * n, add=4 * n)
-
-
-def bp_grad_extra(layer: Dense, rows: int, algo: str) -> OpCounts:
-    """What bp-ui8 / bp-gdai8 add to one layer's backward (ffint8.bp.grad), the periodic
-    searches spread over the steps between them."""
-    period, evals = _bp_search()
-    out = layer.out_elems(rows)
-    q_out = OpCounts(quantized=out)
-    clip_search = (q_out + _cosine(out)) * evals  # search_clip: quantise, compare to g
-    if algo == "bp-ui8":
-        step, search = _cosine(out), clip_search  # the deviation for the lr scaling
-    else:
-        # per step: a second g_W operand (per channel when long-tailed) and the deviation;
-        # per search: the shape test, the float g_W reference, then per evaluation a quantised
-        # g, its float g_W (dequantised input, fp32 GEMM) and a cosine over g_W; then the g_x
-        # operand's own clip search.
-        wgrad = gemm(layer.out_features, rows, layer.in_features, False) + fp32(mul=layer.in_elems(rows))
-        per_eval = q_out + fp32(mul=out) + wgrad + _cosine(layer.weights)
-        step = q_out + _cosine(out)
-        search = fp32(mul=2 * out, add=3 * out) + wgrad + per_eval * evals + clip_search
-    return step + OpCounts(*(getattr(search, f.name) // period for f in fields(search)))
-
-
-def bp_step_ops(layers: Sequence[Dense], batch_size: int, algo: str) -> OpCounts:
+def bp_step_ops(layers: Sequence[Layer], batch_size: int, algo: str) -> OpCounts:
     """One backprop step on batch_size rows (forward, cross-entropy, backward), optimiser
-    excluded. The int8 algorithms quantise each layer's input and weight in the forward and the
-    output gradient once per layer (shared by g_W and g_x); the first layer's g_x is skipped
-    (the data needs no gradient)."""
+    excluded. layers: the MLP's dense layers, or a ConvNet's units and its PoolHead. The int8
+    algorithms quantise each linear map's (dense or conv) input and weight in the forward and its
+    output gradient once (shared by g_W and g_x); norms, activations and pooling stay float. The
+    first layer's g_x is skipped (the data needs no gradient)."""
     int8 = algo in INT8_ALGOS
     b = batch_size
     ops = ZERO
     for layer in layers:
-        ops += _counters(layer)[0](layer, b, int8)
+        ops += counters(layer).forward(layer, b, int8)
     logits = layers[-1].out_elems(b)
     ops += fp32(mul=3 * logits, add=3 * logits)  # log-softmax, NLL and its gradient
     for i, layer in enumerate(layers):
-        _, wgrad, igrad = _counters(layer)
-        ops += wgrad(layer, b, int8, quantize_grad=True)
+        c = counters(layer)
+        ops += c.weight_grad(layer, b, int8, quantize_grad=True)
         if i > 0:
-            ops += igrad(layer, b, int8, quantize_grad=False)
+            ops += c.input_grad(layer, b, int8, quantize_grad=False)
         if algo in ("bp-ui8", "bp-gdai8"):
-            ops += bp_grad_extra(layer, b, algo)
+            ops += c.bp_extra(layer, b, algo)
     return ops
 
 
-def step_ops(algo: str, layers: Sequence[Dense], batch_size: int, look_ahead: str = "none",
+def step_ops(algo: str, layers: Sequence[Layer], batch_size: int, look_ahead: str = "none",
              lam_active: bool = True, chain_depth: int | None = None, optimizer: str = "adam",
              weight_decay: float = 0.0, peer: bool = False,
              optimized_params: int | None = None, num_classes: int = 10,
@@ -322,7 +206,7 @@ def step_ops(algo: str, layers: Sequence[Dense], batch_size: int, look_ahead: st
     return ops + optimizer_ops(optimized_params, optimizer, weight_decay)
 
 
-def epoch_ops(algo: str, layers: Sequence[Dense], batch_size: int, n_train: int, **kw) -> OpCounts:
+def epoch_ops(algo: str, layers: Sequence[Layer], batch_size: int, n_train: int, **kw) -> OpCounts:
     """One pass over n_train samples: full batches and the last, smaller one."""
     full, rest = divmod(n_train, batch_size)
     ops = step_ops(algo, layers, batch_size, **kw) * full
@@ -335,17 +219,31 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size)
 
 
-def run_ops(cfg, n_train: int, in_features: int, num_classes: int) -> dict:
-    """Counts for a TrainConfig (MLP): per steady-state step and epoch (look-ahead active when
-    the config has one) and for the whole run, epoch by epoch as the trainer schedules it
-    (lambda = 0 switches look-ahead off; the greedy schedule trains units[: u + 1] for unit u).
+def model_layers(cfg, in_features: int, num_classes: int, model=None) -> list[Layer]:
+    """The layers a TrainConfig trains, from their shapes: its FF units (the MLP's dense layers,
+    or the ConvUnits of a ConvNet, read off `model`, by default cfg's model built on the meta
+    device); the backprop algorithms add the classifier head."""
+    bp = cfg.ff.algo in BP_ALGOS
+    if cfg.model == "mlp":
+        return mlp_layers(in_features, cfg.hidden, num_classes if bp else None)
+    units, head = conv_layers(model if model is not None else shape_model(cfg, in_features, num_classes))
+    if not bp:
+        return units
+    if head is None:
+        raise ConfigError(f"backprop counts of {cfg.model} need the model's classifier head")
+    return [*units, head]
+
+
+def run_ops(cfg, n_train: int, in_features: int, num_classes: int, model=None) -> dict:
+    """Counts for a TrainConfig: per steady-state step and epoch (look-ahead active when the
+    config has one) and for the whole run, epoch by epoch as the trainer schedules it (lambda =
+    0 switches look-ahead off; the greedy schedule trains units[: u + 1] for unit u). model: the
+    model being trained (a CNN's shapes are read off it; default: cfg's, built for the purpose).
     Returns {"per_step", "per_epoch", "run"} of OpCounts dicts and "steps_per_epoch"."""
-    if cfg.model != "mlp":
-        raise ConfigError(f"no operation counts for model {cfg.model!r} yet (only mlp)")
     ff = cfg.ff
     algo = ff.algo
     bp = algo in BP_ALGOS
-    layers = mlp_layers(in_features, cfg.hidden, num_classes if bp else None)
+    layers = model_layers(cfg, in_features, num_classes, model)
     kw = dict(chain_depth=ff.chain_depth, optimizer=cfg.optimizer,
               weight_decay=cfg.weight_decay, peer=bool(ff.peer_weight), num_classes=num_classes,
               predict=getattr(ff, "predict", "goodness"), negatives=getattr(ff, "negatives", "random"))

@@ -1,7 +1,7 @@
 """RunMeasurement: memory, energy and operation counts of one training run, for metrics.json.
 
     meas = RunMeasurement(cfg, n_train=len(data.train), in_features=in_features,
-                          num_classes=data.num_classes)
+                          num_classes=data.num_classes, model=model)
     meas.begin()                   # just before the training loop
     trainer.fit(...)               # optionally: with meas.excluded(): <evaluation>
     metrics.update(meas.end())     # after it
@@ -18,22 +18,25 @@ from contextlib import contextmanager
 from ffint8.errors import ConfigError
 from ffint8.measure.arith import arithmetic_energy
 from ffint8.measure.energy import EnergyMeter, MeterConfig, make_meter
-from ffint8.measure.footprint import footprint
+from ffint8.measure.footprint import run_footprint
 from ffint8.measure.memory import MemoryProbe
 from ffint8.measure.opcount import run_ops
 
 
 class RunMeasurement:
     """begin() / end() around a training loop; pause() / resume() (or `with excluded():`) leave
-    a stretch out of the energy and, where the kernel allows, of the loop's peak memory."""
+    a stretch out of the energy and, where the kernel allows, of the loop's peak memory.
+    model: the model being trained, whose layer shapes the counts read (default: cfg's model,
+    built for the purpose)."""
 
     def __init__(self, cfg, n_train: int, in_features: int, num_classes: int,
                  meter: EnergyMeter | None = None, meter_config: MeterConfig | None = None,
-                 root: str = "/") -> None:
+                 root: str = "/", model=None) -> None:
         self.cfg = cfg
         self.n_train = n_train
         self.in_features = in_features
         self.num_classes = num_classes
+        self.model = model
         self.meter = meter if meter is not None else make_meter(meter_config or MeterConfig(root=root))
         self.memory = MemoryProbe(root)
         self._running = False
@@ -64,19 +67,14 @@ class RunMeasurement:
         notes = []
         ops = fp = None
         try:
-            ops = run_ops(self.cfg, self.n_train, self.in_features, self.num_classes)
+            ops = run_ops(self.cfg, self.n_train, self.in_features, self.num_classes, self.model)
         except ConfigError as exc:
             notes.append(f"ops: {exc}")
-        if self.cfg.model == "mlp":
-            try:
-                args = (self.cfg.ff.algo, self.in_features, self.cfg.hidden, self.cfg.batch_size,
-                        self.num_classes, self.cfg.optimizer)
-                fp = {"code": footprint(*args).to_dict(),
-                      "minimal": footprint(*args, kept="minimal").to_dict()}
-            except ConfigError as exc:
-                notes.append(f"footprint: {exc}")
-        else:
-            notes.append(f"footprint: no analytic footprint for model {self.cfg.model!r} yet")
+        try:
+            fp = {kept: run_footprint(self.cfg, self.in_features, self.num_classes, kept,
+                                      self.model).to_dict() for kept in ("code", "minimal")}
+        except ConfigError as exc:
+            notes.append(f"footprint: {exc}")
         return ops, fp, notes
 
     def end(self) -> dict:

@@ -210,7 +210,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     # Memory (peak minus a baseline taken here), energy and operation counts of the training
     # loop; evaluation and checkpoint writing between epochs are left out of them.
     meas = RunMeasurement(cfg, n_train=len(data.train), in_features=in_features,
-                          num_classes=data.num_classes)
+                          num_classes=data.num_classes, model=model)
     evaluate = trainer.evaluate
 
     def evaluate_excluded(*a):
