@@ -27,7 +27,7 @@ def test_bp_train_eval_and_metrics(tmp_path, capsys, algo):
 
 def test_bp_resume_matches(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    args = [*SMALL[:-2], "--algo", "bp-ui8", "--epochs"]
+    args = [*SMALL[:-2], "--algo", "bp-ui8", "--lr-schedule", "constant", "--epochs"]
     assert main(["train", *args, "2", "--out", str(a)]) == 0
     assert main(["train", *args, "1", "--out", str(b)]) == 0
     assert main(["train", "--resume", str(b), "--epochs", "2", "--no-progress"]) == 0

@@ -110,7 +110,9 @@ def test_module_entry_point_and_no_traceback(tmp_path):
 
 
 def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
-    common = [*SMALL, "--lr", "0.003", "--look-ahead", "chain", "--lambda-start", "0.05"]
+    # a constant rate: a schedule (the default cooldown) would stretch when --epochs grows
+    common = [*SMALL, "--lr", "0.003", "--look-ahead", "chain", "--lambda-start", "0.05",
+              "--lr-schedule", "constant"]
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["train", *common, "--epochs", "3", "--out", str(full)]) == 0
     assert main(["train", *common, "--epochs", "1", "--out", str(part)]) == 0
@@ -123,6 +125,17 @@ def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     mb = json.loads((part / "metrics.json").read_text())
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in ma["epochs"]]
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in mb["epochs"]]
+
+
+def test_resume_with_more_epochs_says_the_schedule_stretches(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--lr-schedule", "cooldown", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "cooldown learning-rate schedule now spans 2 epochs" in out
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert "schedule now spans" not in capsys.readouterr().out  # same epochs: nothing stretches
 
 
 def test_resume_without_checkpoint(tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_lambda_schedule():
 
 
 def test_lr_schedules():
-    base = TrainConfig(lr=0.01)
+    base = TrainConfig(lr=0.01, lr_schedule="constant")
     assert base.lr_at(0.9) == 0.01
     cool = TrainConfig(lr=0.01, lr_schedule="cooldown")
     assert cool.lr_at(0.25) == 0.01 and cool.lr_at(0.5) == pytest.approx(0.01)

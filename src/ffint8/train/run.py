@@ -118,13 +118,19 @@ def expect_checkpoint(path: str | Path, model: str | None = None, algo: str | No
                                   f"not the {flag} {want} asked for")
 
 
-def resume_config(run_dir: str | Path, epochs: int | None = None) -> TrainConfig:
-    """The config a run directory was started with (epochs replaced when given)."""
+def resume_config(run_dir: str | Path, epochs: int | None = None,
+                  log: Callable[[str], None] = print) -> TrainConfig:
+    """The config a run directory was started with (epochs replaced when given; with a learning
+    rate schedule that then stretches, log says so)."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoint.pt there to resume from")
     _, cfg, _ = load_checkpoint(path)
-    if epochs is not None:
+    if epochs is not None and epochs != cfg.epochs:
+        if cfg.lr_schedule != "constant":
+            log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
+                f"learning-rate schedule now spans {epochs} epochs, so the result differs from a "
+                f"run started with --epochs {epochs}")
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
     return cfg
 
