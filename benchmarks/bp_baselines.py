@@ -54,7 +54,7 @@ def main() -> None:
     xt, yt = to_float_images(data.test.images), data.test.labels
     cfg = TrainConfig(hidden=hidden, dataset=args.dataset, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, optimizer="adam", seed=args.seed,
-                      threads=args.threads)
+                      lr_schedule="constant", threads=args.threads)  # as the recorded figures
     bp = BPConfig(search_period=args.search_period)
     print(f"{args.dataset}: {len(x)} train, {len(xt)} test; MLP {x.shape[1]}-"
           f"{'-'.join(map(str, hidden))}-{data.num_classes}; batch {args.batch_size}, Adam lr "

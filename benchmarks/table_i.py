@@ -50,7 +50,8 @@ def main() -> None:
             if not (d / "metrics.json").is_file():
                 cmd = [sys.executable, "-m", "ffint8", "train", *data, "--algo", algo,
                        "--hidden", hidden, "--epochs", str(a.epochs), "--seed", str(a.seed),
-                       "--lr", str(LR[algo[:2]]), *(["--preset", "paper"] if algo[:2] == "ff" else []),
+                       "--lr", str(LR[algo[:2]]),
+                       *(["--preset", "paper"] if algo[:2] == "ff" else ["--lr-schedule", "constant"]),
                        "--threads",
                        str(a.threads), "--no-progress", "--out", str(d)]
                 print(f"{algo} hidden {hidden}: {' '.join(cmd[3:])}", flush=True)
