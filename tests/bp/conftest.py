@@ -5,13 +5,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Single-threaded: these tests run many small ops, where OpenMP fork/join on a busy 2-core
-    machine costs more than the work (see tests/quant/conftest.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """Every test here single-threaded (tests/conftest.py says why)."""
 
 
 def sample(kind: str, n: int, seed: int) -> torch.Tensor:
@@ -33,3 +28,22 @@ def sample(kind: str, n: int, seed: int) -> torch.Tensor:
 def draw():
     """The sampler above, as a fixture (test modules cannot import conftest reliably)."""
     return sample
+
+
+class Recorder:
+    """Wraps a GradQuantizer and keeps the operands it returned (the ones the GEMMs or
+    convolutions then use)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.ops = None
+
+    def __call__(self, g, weight_distance, seeds):
+        self.ops = self.inner(g, weight_distance, seeds)
+        return self.ops
+
+
+@pytest.fixture
+def recorder():
+    """The Recorder class, as a fixture (test modules cannot import conftest reliably)."""
+    return Recorder

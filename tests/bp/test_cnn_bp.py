@@ -32,19 +32,6 @@ SMALL_SEARCH = BPConfig(search_grid=8, search_refine=4)  # the search is not wha
 # (in, out, kernel, stride, groups): plain 3x3, strided, depthwise, 1x1
 CONVS = [(6, 8, 3, 1, 1), (6, 8, 3, 2, 1), (8, 8, 3, 1, 8), (8, 6, 1, 1, 1)]
 
-
-class Recorder:
-    """Wraps a GradQuantizer and keeps the operands it returned (the ones the convolutions use)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.ops = None
-
-    def __call__(self, g, weight_distance, seeds):
-        self.ops = self.inner(g, weight_distance, seeds)
-        return self.ops
-
-
 def conv_case(shape, seed=0, heavy=False, bias=True):
     """An nn.Conv2d, a non-negative input (B, C, 7, 7) needing a gradient, and an upstream
     gradient for its output; heavy: long-tailed, so bp-gdai8 goes per channel."""
@@ -77,7 +64,7 @@ def scaled(acc, scale):
 @pytest.mark.parametrize("algo, heavy", [("bp-int8", False), ("bp-ui8", False),
                                          ("bp-gdai8", False), ("bp-gdai8", True)])
 @pytest.mark.parametrize("shape", CONVS[:3])
-def test_convolutions_are_exact_against_an_int64_reference(kernel, algo, heavy, shape):
+def test_convolutions_are_exact_against_an_int64_reference(kernel, algo, heavy, shape, recorder):
     """Rounding to nearest everywhere, so the operands can be rebuilt: z, g_x and g_W equal the
     reference kernel's exact int64 accumulators of the same int8 operands, scaled alike."""
     conv, x, g = conv_case(shape, 1, heavy)
@@ -85,7 +72,7 @@ def test_convolutions_are_exact_against_an_int64_reference(kernel, algo, heavy, 
     # average), while the default 0.3 lies within their sampling noise
     cfg = BPConfig(search_period=1, act_rounding="nearest", grad_rounding="nearest",
                    gaussian_threshold=0.2)
-    rec = Recorder(make_grad_quantizer(algo, cfg))
+    rec = recorder(make_grad_quantizer(algo, cfg))
     layer = Int8Layer(rec, SeedStream(0), kernel, act_rounding="nearest")
     z = layer.conv2d(x, conv)
     z.backward(g)
@@ -119,12 +106,12 @@ def test_forward_and_gradients_are_close_to_float64_autograd(algo, shape):
         assert float((got.double() - want).norm() / want.norm()) < 0.05
 
 
-def test_per_channel_weight_gradient_is_the_dequantised_float_product():
+def test_per_channel_weight_gradient_is_the_dequantised_float_product(recorder):
     """bp-gdai8 on a long-tailed g: the g_W operand has one scale per output channel, and g_W is
     the float64 weight gradient of the dequantised operands (q * scale, exact in float64), up to
     the float32 rounding of the result."""
     conv, x, g = conv_case(CONVS[1], 3, heavy=True, bias=False)
-    rec = Recorder(make_grad_quantizer("bp-gdai8", BPConfig()))
+    rec = recorder(make_grad_quantizer("bp-gdai8", BPConfig()))
     layer = Int8Layer(rec, SeedStream(5))
     layer.conv2d(x, conv).backward(g)
     gw = rec.ops.for_weight
@@ -151,10 +138,10 @@ def test_conv_weight_distance_is_the_cosine_distance_of_float64_weight_gradients
     assert 0 < dist(rows, g_hat) < 1e-3 and dist(rows, rows) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_no_input_gradient_when_the_input_needs_none():
+def test_no_input_gradient_when_the_input_needs_none(recorder):
     conv, x, g = conv_case(CONVS[0])
     x = x.detach()
-    rec = Recorder(make_grad_quantizer("bp-int8", BPConfig()))
+    rec = recorder(make_grad_quantizer("bp-int8", BPConfig()))
     Int8Layer(rec, SeedStream(0)).conv2d(x, conv).backward(g)
     assert x.grad is None and conv.weight.grad is not None and conv.bias.grad is not None
 

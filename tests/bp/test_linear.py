@@ -12,19 +12,6 @@ from ffint8.train.ff import SeedStream
 
 B, D, N = 16, 24, 12
 
-
-class Recorder:
-    """Wraps a GradQuantizer and keeps the operands it returned (the same objects the GEMMs use)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.ops = None
-
-    def __call__(self, g, weight_distance, seeds):
-        self.ops = self.inner(g, weight_distance, seeds)
-        return self.ops
-
-
 def tensors(seed=0, heavy=False):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(B, D, generator=gen).relu()
@@ -44,12 +31,12 @@ def int64_product(a_q, a_scale, b_q, b_scale):
 @pytest.mark.parametrize("kernel", ["float-exact", "int_mm", "reference"])
 @pytest.mark.parametrize("algo, heavy", [("bp-int8", False), ("bp-ui8", False),
                                          ("bp-gdai8", False), ("bp-gdai8", True)])
-def test_gemms_are_exact_against_an_int64_reference(kernel, algo, heavy):
+def test_gemms_are_exact_against_an_int64_reference(kernel, algo, heavy, recorder):
     x, w, b, g = tensors(1, heavy)
     x.requires_grad_(True)
     w.requires_grad_(True)
     b.requires_grad_(True)
-    rec = Recorder(make_grad_quantizer(algo, BPConfig(search_period=1)))
+    rec = recorder(make_grad_quantizer(algo, BPConfig(search_period=1)))
     layer = Int8Layer(rec, SeedStream(42), kernel)
     y = layer(x, w, b)
     y.backward(g)
@@ -85,10 +72,10 @@ def test_gradients_are_close_to_float64_autograd(algo):
         assert C.cosine_distance(r.grad, t.grad) < 1e-3
 
 
-def test_no_input_gradient_when_the_input_needs_none():
+def test_no_input_gradient_when_the_input_needs_none(recorder):
     x, w, b, g = tensors()
     w.requires_grad_(True)
-    rec = Recorder(make_grad_quantizer("bp-int8", BPConfig()))
+    rec = recorder(make_grad_quantizer("bp-int8", BPConfig()))
     Int8Layer(rec, SeedStream(0))(x, w, b).backward(g)
     assert x.grad is None and w.grad is not None and b.grad is None
 

@@ -23,12 +23,7 @@ from ffint8.train.ff import SeedStream
 CNNS = ("resnet18", "mobilenetv2", "efficientnet_b0")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small convolutions
 
 
 def tiny_net() -> ConvNet:

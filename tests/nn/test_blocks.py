@@ -17,14 +17,7 @@ from ffint8.nn.blocks import (
 )
 from ffint8.nn.dense import FFDense
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Single-threaded: small convolutions (see tests/quant/conftest.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small convolutions
 
 
 def all_units():

@@ -15,12 +15,7 @@ CASES = [(3, 4, 9, 7, 6, 3, 1, 1, 1), (2, 6, 8, 9, 6, 3, 2, 1, 6), (2, 4, 7, 7, 
          (2, 3, 10, 10, 5, 5, 1, 2, 1)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small convolutions
 
 
 def tensors(case, seed, channels_last=False, relu=False):
