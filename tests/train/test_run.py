@@ -13,7 +13,7 @@ import torch
 from ffint8.errors import DivergenceError
 from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.loop import FFTrainer
-from ffint8.train.run import load_checkpoint, run_training
+from ffint8.train.run import kernel_description, load_checkpoint, run_training
 
 
 def small_cfg(**kw):
@@ -100,3 +100,12 @@ def test_nan_weight_after_last_step_is_caught_before_the_checkpoint(tmp_path, mo
     with pytest.raises(DivergenceError, match="epoch 1, step 10: the weights of unit 2 are no longer"):
         run_training(small_cfg(epochs=1), tmp_path, progress=False, log=lambda s: None)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_kernel_description_names_what_ran():
+    assert kernel_description(TrainConfig(ff=FFConfig(algo="ff-fp32"))) == "float32"
+    mlp = kernel_description(TrainConfig(ff=FFConfig(int8_kernel="reference")))
+    assert mlp.startswith("reference;") and "conv" not in mlp
+    cnn = kernel_description(TrainConfig(model="resnet18", ff=FFConfig(int8_kernel="reference")))
+    # the convolutions' kernel per op, then the dense head's GEMM
+    assert cnn.startswith("conv: forward reference, weight reference, input reference; dense: reference")

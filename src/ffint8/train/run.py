@@ -39,6 +39,14 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
         why = "no int8 dot-product unit on this CPU" if not cpu_has_int8_dot() else "requested"
         gemm = f"float-exact (exact int32 results from float32 GEMM; {why})"
     quantiser = "fused C stochastic rounding" if fastsr.available() else "torch stochastic rounding"
+    if cfg.model != "mlp":  # the CNNs' convolutions pick their int8 kernel per op
+        from ffint8.nn.conv import conv_kernel
+        from ffint8.quant.conv import resolve_conv_kernel
+
+        k = conv_kernel(cfg.ff.int8_kernel)
+        convs = ", ".join(f"{op} {resolve_conv_kernel(k, device, op)}"
+                          for op in ("forward", "weight", "input"))
+        return f"conv: {convs}; dense: {gemm}; {quantiser}"
     return f"{gemm}; {quantiser}"
 
 
