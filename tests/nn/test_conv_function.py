@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffint8.nn.conv import conv2d_int8, grad_seed, quantize_activation
+import ffint8.nn.conv as conv_fn_module
+from ffint8.nn.conv import conv2d_int8, grad_seed, input_grads_only, quantize_activation
 from ffint8.quant import quantize
 from ffint8.quant.conv import onednn_available
 
@@ -127,3 +128,23 @@ def test_no_bias_and_frozen_input():
     z = conv2d_int8(x, w, None, **conv, seed=3)  # x needs no gradient
     z.backward(grad)
     assert w.grad is not None and w.grad.shape == w.shape and x.grad is None
+
+
+def test_input_grads_only_skips_the_weight_gradient(monkeypatch):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 6, 6, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    z = conv2d_int8(x, w, b, padding=1, seed=5)
+    g = torch.randn_like(z)
+    want = torch.autograd.grad(z, x, g, retain_graph=True)[0]
+
+    def boom(*a, **k):
+        raise AssertionError("weight gradient formed inside input_grads_only()")
+
+    monkeypatch.setattr(conv_fn_module, "int8_conv2d_weight_scaled", boom)
+    with input_grads_only():
+        got = torch.autograd.grad(z, x, g, retain_graph=True)[0]
+    assert torch.equal(got, want)  # the same g_q, the same g_x
+    with pytest.raises(AssertionError, match="weight gradient formed"):
+        torch.autograd.grad(z, w, g)  # outside the block it is formed again

@@ -141,15 +141,12 @@ def entry_input_grads(unit: ConvUnit, rows: int, int8: bool) -> OpCounts:
 def unit_input_grad(unit: ConvUnit, rows: int, int8: bool, quantize_grad: bool = True) -> OpCounts:
     """dL/d(input). quantize_grad=False: what a backward to the input adds to unit_weight_grad's
     (entry g_x, the fork sums). True: a backward of its own, to the input only: every g_x (each
-    output gradient quantised), every elementwise backward, the fork sums; on the INT8 path
-    Int8Conv2d also forms g_W (and g_b), as it does whenever its weight requires grad."""
+    output gradient quantised), every elementwise backward, the fork sums (no g_W: Int8Conv2d
+    forms none inside ffint8.nn.conv.input_grads_only(), as chain runs this backward)."""
     forks = fp32(add=unit.forks * unit.in_elems(rows))
     if not quantize_grad:
         return entry_input_grads(unit, rows, int8) + forks
-    ops = _convs(unit.convs, linear_input_grad, rows, int8, True) + _elementwise(unit, rows, True) + forks
-    if int8:
-        ops += _convs(unit.convs, linear_weight_grad, rows, int8, False)
-    return ops
+    return _convs(unit.convs, linear_input_grad, rows, int8, True) + _elementwise(unit, rows, True) + forks
 
 
 def unit_bp_extra(unit: ConvUnit, rows: int, algo: str) -> OpCounts:

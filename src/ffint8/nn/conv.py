@@ -10,9 +10,16 @@ Backward: grad_output is quantised per tensor (stochastic rounding keyed by grad
         over output channels, so a per-channel weight scale cannot be factored out of it and
         the weight is quantised once more, per tensor, for this product
   g_b = sum of grad_output (float).
+A custom Function cannot tell which of its inputs an autograd.grad call asks for (it sees only
+what required grad at forward time), so a backward to a unit's input alone, as the chain
+look-ahead runs, would form every g_W too; inside `input_grads_only()` it forms none.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -25,6 +32,22 @@ from ffint8.quant.conv import (
     int8_conv2d_weight_scaled,
 )
 from ffint8.quant.fastsr import mix64
+
+_MODE = threading.local()  # .input_only: True inside input_grads_only() (per thread)
+
+
+@contextmanager
+def input_grads_only() -> Iterator[None]:
+    """Within this block Int8Conv2d's backward returns no weight or bias gradient: wrap an
+    autograd.grad call whose inputs are activations only (its weight gradients would be
+    discarded anyway)."""
+    before = getattr(_MODE, "input_only", False)
+    _MODE.input_only = True
+    try:
+        yield
+    finally:
+        _MODE.input_only = before
+
 
 # the int8 GEMM kernel names of FFConfig.int8_kernel -> the int8 convolution kernel that matches
 _CONV_KERNEL = {"auto": "auto", "int_mm": "im2col", "float-exact": "float-exact",
@@ -91,10 +114,11 @@ class Int8Conv2d(torch.autograd.Function):
                 w_t = quantize(weight.detach(), "nearest")
                 w_q, w_scale = w_t.q, w_t.scale
             g_x = int8_conv2d_input_scaled(g_q.q, g_q.scale, w_q, w_scale, ctx.x_shape, spec, kernel)
-        if ctx.needs_input_grad[1]:
+        params = not getattr(_MODE, "input_only", False)
+        if ctx.needs_input_grad[1] and params:
             g_w = int8_conv2d_weight_scaled(x_q, x_scale, g_q.q, g_q.scale, tuple(weight.shape),
                                             spec, kernel)
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2] and params:
             g_b = grad_z.sum(dim=(0, 2, 3))
         return g_x, g_w, g_b, None, None, None, None
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from ffint8.nn import functional as FF
 from ffint8.nn.blocks import Arith
+from ffint8.nn.conv import input_grads_only
 from ffint8.train.config import FFConfig
 from ffint8.train.ff import SeedStream
 
@@ -104,7 +105,8 @@ def ff_gradients(units: Sequence[nn.Module], x: torch.Tensor, t: torch.Tensor, c
         signals = {}
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
-            signals[key] = torch.autograd.grad(y, ins[l], live[key], retain_graph=not last)[0]
+            with input_grads_only():  # the int8 convs' g_W would be thrown away here
+                signals[key] = torch.autograd.grad(y, ins[l], live[key], retain_graph=not last)[0]
     return torch.stack(losses).detach()
 
 
