@@ -172,7 +172,7 @@ class FFUnit(nn.Module):
         over C*H*W first (FF); None skips it (the backprop network has no such layer)."""
         h = self.prepare(h)
         if norm is not None:
-            h = FF.normalize(h.reshape(h.shape[0], -1), norm)[0].reshape(h.shape)
+            h = FF.normalize(h, norm)[0]  # over C*H*W per sample
         return self.body(h, arith)
 
 

@@ -22,9 +22,12 @@ def normalize(h: torch.Tensor, kind: Norm = "rms") -> tuple[torch.Tensor, torch.
 
     "rms": a = h / (sqrt(mean(h^2)) + eps), rows of root-mean-square 1 (Hinton's choice);
     "l2":  a = h / (||h|| + eps), rows of unit length.
-    Returns a (B, D) and the per-row norm r (B, 1) that normalize_backward needs.
+    Returns a (B, D) and the per-row norm r (B, 1) that normalize_backward needs. A feature map
+    (B, C, H, W) is normalised per sample over all of C*H*W in its own memory layout (no copy for
+    channels_last), r then (B, 1, 1, 1).
     """
-    sq = h.square().mean(dim=1, keepdim=True) if kind == "rms" else h.square().sum(1, keepdim=True)
+    dims = tuple(range(1, h.dim()))
+    sq = h.square().mean(dim=dims, keepdim=True) if kind == "rms" else h.square().sum(dims, keepdim=True)
     r = sq.sqrt()
     return h / (r + EPS), r
 
@@ -44,8 +47,10 @@ def normalize_backward(
 
 
 def goodness(y: torch.Tensor, kind: Goodness = "mean") -> torch.Tensor:
-    """G = mean (or sum) of squared activities per row: (B, N) -> (B,)."""
-    return y.square().mean(dim=1) if kind == "mean" else y.square().sum(dim=1)
+    """G = mean (or sum) of squared activities per row: (B, N) -> (B,); a feature map
+    (B, C, H, W) over all of C*H*W."""
+    dims = tuple(range(1, y.dim()))
+    return y.square().mean(dim=dims) if kind == "mean" else y.square().sum(dim=dims)
 
 
 def goodness_grad_factor(kind: Goodness, n: int) -> float:

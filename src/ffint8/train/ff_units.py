@@ -39,7 +39,7 @@ def unit_arith(cfg: FFConfig, seeds: SeedStream | None) -> Arith:
 
 def unit_goodness(y: torch.Tensor, kind: FF.Goodness) -> torch.Tensor:
     """(B, C, H, W) feature map (or (B, N) activities) -> (B,) goodness over all its values."""
-    return FF.goodness(y.reshape(y.shape[0], -1), kind)
+    return FF.goodness(y, kind)  # reduces over C*H*W in y's own layout: no copy of the map
 
 
 def forward_units(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig,
