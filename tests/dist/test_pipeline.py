@@ -92,7 +92,7 @@ def test_a_failing_stage_stops_the_pipeline(data):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"look": "chain"}, "chain"),
+    ({"look": "chain"}, "pass --look-ahead collab"),
     ({"schedule": "greedy"}, "simultaneous"),
     ({"negatives": "hard"}, "random"),
 ])

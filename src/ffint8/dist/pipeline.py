@@ -129,8 +129,9 @@ def check_pipeline(cfg: TrainConfig, n_stages: int, n_units: int) -> None:
         raise ConfigError(f"--distributed pipeline: {n_stages} ranks for {n_units} units; run one "
                           f"rank per unit (torchrun --nproc-per-node {n_units})")
     if ff.look_ahead == "chain":
-        raise ConfigError("--distributed pipeline supports --look-ahead none and collab; chain "
-                          "needs gradients sent back through the later units every step")
+        raise ConfigError("--distributed pipeline supports --look-ahead none and collab, not "
+                          "chain (the default), which needs gradients sent back through the later "
+                          "units every step: pass --look-ahead collab")
     if ff.schedule != "simultaneous":
         raise ConfigError("--distributed pipeline trains all units at once (--schedule simultaneous)")
     if ff.predict != "goodness" or ff.negatives != "random":
