@@ -9,7 +9,8 @@ run:   every (lever, algo, seed) is one `ffint8 train` in its own process, writt
        OUT/<dataset>/<lever>/<algo>/seed<k>; finished cells (metrics.json present) are skipped,
        so a stopped ablation resumes. Each lever is a set of flags on top of the plain base:
        the paper's preset with look-ahead none (goodness prediction, uniform negatives).
-       "default" is `ffint8 train` with no flags at all: the configuration this project ships.
+       "default" is `ffint8 train` with no flags at all: the configuration this project ships;
+       "default+..." levers add their flags to it instead of to the base.
 table: mean and spread (sample standard deviation) of the final test accuracy per lever and algo,
        its gain over the base, and the mean training seconds per epoch relative to the base's
        (from the same runs: a rough figure on a shared machine; `speed` measures it properly).
@@ -28,7 +29,7 @@ import sys
 from pathlib import Path
 
 BASE = ["--preset", "paper", "--look-ahead", "none"]
-# lever -> flags added to BASE ("default" replaces BASE: the shipped defaults, no flags).
+# lever -> flags added to BASE ("default..." levers add theirs to the shipped defaults instead).
 LEVERS: dict[str, list[str]] = {
     "base": [],
     "paper": ["--look-ahead", "collab"],
@@ -44,6 +45,9 @@ LEVERS: dict[str, list[str]] = {
     "collab-0.05": ["--look-ahead", "collab", "--lambda-step", "0.05"],
     "chain-0.05": ["--look-ahead", "chain", "--lambda-step", "0.05"],
     "chain-0.05-depth1": ["--look-ahead", "chain", "--lambda-step", "0.05", "--chain-depth", "1"],
+    "chain-0.2": ["--look-ahead", "chain", "--lambda-step", "0.2"],
+    "skip-first": ["--predict-units", "skip-first"],
+    "default+skip-first": ["--predict-units", "skip-first"],
     "3x1000": ["--hidden", "1000,1000,1000"],
     "4x2000": ["--hidden", "2000,2000,2000,2000"],
 }
@@ -52,7 +56,9 @@ LEVERS: dict[str, list[str]] = {
 def lever_flags(lever: str) -> list[str]:
     if lever not in LEVERS:
         raise SystemExit(f"unknown lever {lever!r}; choose from: {', '.join(LEVERS)}")
-    return [] if lever == "default" else BASE + LEVERS[lever]
+    if lever.startswith("default"):  # the shipped defaults, plus what the lever adds
+        return LEVERS[lever]
+    return BASE + LEVERS[lever]
 
 
 def cell_dir(out: Path, dataset: str, lever: str, algo: str, seed: int) -> Path:
