@@ -1,7 +1,8 @@
 """Reproduce the paper's Table V on this machine: `ffint8 bench` with the paper's matrix.
 
     python benchmarks/table_v.py [--epochs 10] [--seeds 0] [--threads N] [--out runs/table_v]
-                                 [--cnn-epochs 2] [--cnn-limit-train 10000] [--dry-run]
+                                 [--cifar-dir DIR] [--cnn-epochs 2] [--cnn-limit-train 10000]
+                                 [--bp-flags "--lr 0.001 --lr-schedule constant"] [--dry-run]
 
 MLP (784-1000-1000, batch 32) on Fashion-MNIST with all six algorithms and the same epochs for
 each; then the CNNs (MobileNet-v2, EfficientNet-B0, ResNet-18) on CIFAR-10 with a stated budget
@@ -55,15 +56,17 @@ def cnn_algos(cnns: list[str], algos: list[str]) -> tuple[list[str], list[str]]:
 
 
 def bench_argv(models: list[str], algos: list[str], dataset: str, epochs: int, args,
-               out: Path, limit_train: int | None = None) -> list[str]:
+               out: Path, limit_train: int | None = None, data_dir: str | None = None) -> list[str]:
     argv = ["bench", "--models", ",".join(models), "--algos", ",".join(algos), "--dataset", dataset,
             "--epochs", str(epochs), "--seeds", args.seeds, "--out", str(out)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if limit_train:
         argv += ["--limit-train", str(limit_train)]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    if args.bp_flags:
+        argv += ["--bp-extra", args.bp_flags]
     return argv
 
 
@@ -73,6 +76,12 @@ def main() -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (default: the usual one)")
+    p.add_argument("--cifar-dir", default=None,
+                   help="CIFAR-10 python batches (data_batch_1..5, test_batch): the CNN rows run "
+                        "only with it")
+    p.add_argument("--bp-flags", default="--lr 0.001 --lr-schedule constant",
+                   help="flags of the backprop cells only (default: their tuned Adam 0.001, "
+                        "constant rate; the FF cells keep the train defaults)")
     p.add_argument("--cnn-epochs", type=int, default=2)
     p.add_argument("--cnn-limit-train", type=int, default=10000)
     p.add_argument("--out", default="runs/table_v")
@@ -83,19 +92,22 @@ def main() -> int:
     if missing:
         print(f"note: algorithms not in this checkout yet, left out: {', '.join(missing)}")
     runs = [("MLP on Fashion-MNIST", bench_argv(["mlp"], algos, "fashion-mnist", args.epochs, args,
-                                                Path(args.out) / "mlp"))]
+                                                Path(args.out) / "mlp", data_dir=args.data_dir))]
     cnns, absent = registered_cnns()
     if absent:
         print(f"note: CNN models not registered yet ({', '.join(absent)}); their rows of Table V "
               f"are not run (registered: {', '.join(list_models())})")
-    if cnns:
+    if cnns and not args.cifar_dir:
+        print("note: the CNN rows need CIFAR-10 (--cifar-dir DIR); not run")
+    elif cnns:
         print(f"CNN budget: {args.cnn_epochs} epochs on the first {args.cnn_limit_train} CIFAR-10 "
               "training images (the paper trains to convergence)")
         c_algos, dropped = cnn_algos(cnns, algos)
         if dropped:
             print(f"note: {', '.join(dropped)} cannot train the CNNs yet (no linear_layers); left out")
         runs.append(("CNNs on CIFAR-10", bench_argv(cnns, c_algos, "cifar10", args.cnn_epochs, args,
-                                                    Path(args.out) / "cnn", args.cnn_limit_train)))
+                                                    Path(args.out) / "cnn", args.cnn_limit_train,
+                                                    args.cifar_dir)))
     rc = 0
     for title, argv in runs:
         print(f"\n== {title}: ffint8 {shlex.join(argv)}", flush=True)

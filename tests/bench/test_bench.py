@@ -11,6 +11,7 @@ import ffint8.bench.matrix as matrix
 import ffint8.bench.plots as plots
 from ffint8.bench import BenchSpec, report
 from ffint8.cli import main
+from ffint8.errors import ConfigError
 
 TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "50", "--epochs", "1",
         "--extra", "--hidden 32", "--threads", "1"]
@@ -156,3 +157,29 @@ def test_two_real_cells_then_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(matrix.subprocess, "run", no_run)
     assert main(argv) == 0
     assert capsys.readouterr().out.count("finished before, skipped") == 2
+
+
+def test_bp_extra_reaches_only_the_backprop_cells(tmp_path):
+    spec = BenchSpec(models=("mlp",), algos=("ff-int8", "bp-fp32"), epochs=1, out=tmp_path,
+                     extra=("--hidden", "32"), bp_extra=("--lr", "0.001"))
+    ff, bp = spec.cells()
+    assert "--lr" not in ff.train_argv(spec) and "--hidden" in ff.train_argv(spec)
+    argv = bp.train_argv(spec)
+    assert argv[argv.index("--lr") + 1] == "0.001" and argv.index("--lr") > argv.index("--hidden")
+    with pytest.raises(ConfigError, match="--bp-extra may not set --seed"):
+        BenchSpec(models=("mlp",), algos=("bp-fp32",), epochs=1, out=tmp_path, bp_extra=("--seed", "1"))
+
+
+def test_bp_extra_is_checked_and_reported(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--out", str(out), *TINY, "--algos", "ff-fp32,bp-fp32",
+                 "--bp-extra", "--lr -1"]) == 2
+    assert "cell mlp_synthetic_bp-fp32_s0: --lr must be > 0" in capsys.readouterr().err
+    assert main(["bench", "--out", str(out), *TINY, "--algos", "ff-fp32,bp-fp32",
+                 "--bp-extra", "--lr 0.001 --lr-schedule constant", "--no-plots"]) == 0
+    cfg = (out / "cells" / "mlp_synthetic_bp-fp32_s0" / "config.yaml").read_text()
+    assert "lr: 0.001" in cfg and "lr_schedule: constant" in cfg
+    ff_cfg = (out / "cells" / "mlp_synthetic_ff-fp32_s0" / "config.yaml").read_text()
+    assert "lr: 0.001" not in ff_cfg
+    table = (out / "table.md").read_text()
+    assert "Backprop cells also: `--lr 0.001 --lr-schedule constant`" in table

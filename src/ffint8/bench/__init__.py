@@ -46,6 +46,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch threads of every cell (default: the CPUs this process may use)")
     b.add_argument("--extra", default="", metavar="FLAGS",
                    help='further `ffint8 train` flags for every cell, e.g. --extra="--hidden 500,500"')
+    b.add_argument("--bp-extra", default="", metavar="FLAGS",
+                   help="further flags for the backprop cells only, after --extra, e.g. "
+                        '--bp-extra="--lr 0.001 --lr-schedule constant" (their tuned settings)')
     b.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
     b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     b.add_argument("--out", required=True, help="bench directory; rerun to resume")
@@ -61,7 +64,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
                      out=Path(args.out), seeds=seeds, dataset=args.dataset, data_dir=args.data_dir,
                      limit_train=args.limit_train, limit_test=args.limit_test,
                      threads=args.threads if args.threads is not None else default_threads(),
-                     extra=BenchSpec.parse_extra(args.extra), timeout=args.timeout)
+                     extra=BenchSpec.parse_extra(args.extra),
+                     bp_extra=BenchSpec.parse_extra(args.bp_extra, "--bp-extra"), timeout=args.timeout)
 
 
 def report(spec: BenchSpec, plots: bool = True, log: Callable[[str], None] = print) -> list[dict]:
@@ -70,6 +74,7 @@ def report(spec: BenchSpec, plots: bool = True, log: Callable[[str], None] = pri
     settings = {"models": list(spec.models), "algos": list(spec.algos), "epochs": spec.epochs,
                 "seeds": list(spec.seeds), "dataset": spec.dataset, "limit_train": spec.limit_train,
                 "limit_test": spec.limit_test, "threads": spec.threads, "extra": list(spec.extra),
+                "bp_extra": list(spec.bp_extra),
                 "machine": f"{platform.machine()} {platform.processor() or platform.platform()}"}
     out = Path(spec.out)
     jpath, cpath = write_results(rows, out, settings)

@@ -51,6 +51,7 @@ class BenchSpec:
     limit_test: int | None = None
     threads: int = 1
     extra: tuple[str, ...] = ()
+    bp_extra: tuple[str, ...] = ()  # after extra, for the backprop cells only (their own lr, ...)
     timeout: float | None = None  # seconds per cell
 
     def __post_init__(self) -> None:
@@ -65,17 +66,22 @@ class BenchSpec:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout}")
-        for token in self.extra:
-            if token.split("=", 1)[0] in OWN_FLAGS:
-                raise ConfigError(f"--extra may not set {token.split('=', 1)[0]}: the bench sets it "
-                                  "for every cell (use the bench's own flag)")
+        for flag, tokens in (("--extra", self.extra), ("--bp-extra", self.bp_extra)):
+            for token in tokens:
+                if token.split("=", 1)[0] in OWN_FLAGS:
+                    raise ConfigError(f"{flag} may not set {token.split('=', 1)[0]}: the bench sets "
+                                      "it for every cell (use the bench's own flag)")
 
     @classmethod
-    def parse_extra(cls, text: str) -> tuple[str, ...]:
+    def parse_extra(cls, text: str, flag: str = "--extra") -> tuple[str, ...]:
         try:
             return tuple(shlex.split(text or ""))
         except ValueError as exc:
-            raise ConfigError(f"--extra {text!r}: {exc}") from None
+            raise ConfigError(f"{flag} {text!r}: {exc}") from None
+
+    def extra_for(self, algo: str) -> tuple[str, ...]:
+        """The further `ffint8 train` flags of a cell of algo: extra, then bp_extra for bp-*."""
+        return self.extra + (self.bp_extra if algo.startswith("bp-") else ())
 
     def cells(self) -> list[Cell]:
         return [Cell(m, self.dataset, a, s) for m in self.models for a in self.algos for s in self.seeds]
@@ -105,7 +111,7 @@ class Cell:
             argv += ["--limit-train", str(spec.limit_train)]
         if spec.limit_test is not None:
             argv += ["--limit-test", str(spec.limit_test)]
-        return [*argv, *spec.extra, "--out", str(self.directory(spec)), "--no-progress",
+        return [*argv, *spec.extra_for(self.algo), "--out", str(self.directory(spec)), "--no-progress",
                 "--threads", str(spec.threads)]
 
 
@@ -133,7 +139,8 @@ def validate(spec: BenchSpec) -> None:
                 args = cli.parse_args(argv)  # presets and config files as `ffint8 train` reads them
         except SystemExit:
             why = (err.getvalue().strip().splitlines() or ["invalid arguments"])[-1]
-            raise ConfigError(f"--extra {shlex.join(spec.extra)!r}: {why}") from None
+            flags = "--extra" + (" / --bp-extra" if spec.bp_extra else "")
+            raise ConfigError(f"{flags} {shlex.join(spec.extra_for(cell.algo))!r}: {why}") from None
         try:
             cli.config_from_args(args)
         except ConfigError as exc:

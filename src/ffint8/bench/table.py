@@ -96,7 +96,10 @@ def make_table(rows: list[dict], agg: dict, settings: dict) -> str:
         "# Training figures beside the paper's Table V", "",
         f"Ours: {settings.get('dataset')}, {settings.get('epochs')} epochs, seeds "
         f"{settings.get('seeds')}, {settings.get('threads')} threads on {settings.get('machine')}; "
-        f"energy: {', '.join(sources) or 'not recorded'}. Mean over seeds (± std).",
+        f"energy: {', '.join(sources) or 'not recorded'}. Mean over seeds (± std)."
+        + "".join(f" {label} `{' '.join(settings[key])}`." for key, label in
+                  (("extra", "Flags of every cell:"), ("bp_extra", "Backprop cells also:"))
+                  if settings.get(key)),
         f"Paper: {PAPER}; {PAPER_SETUP}. Absolute times and energies come from different hardware "
         "(and the paper's MLP runs on MNIST): compare the ratios in the last table. 'estimate:' "
         "energies are models, not measurements (docs/measurement.md).", "",
