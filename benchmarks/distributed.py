@@ -53,8 +53,9 @@ def _free_port() -> int:
 
 
 def train_cmd(out: Path, args: argparse.Namespace, extra: list[str], ranks: int = 1) -> list[str]:
-    base = ["-m", "ffint8", "train", "--dataset", "fashion-mnist", "--limit-train",
-            str(args.limit_train), "--epochs", str(args.epochs), "--out", str(out),
+    # the paper's settings (collab, lambda +0.001, constant rate), as the recorded figures used
+    base = ["-m", "ffint8", "train", "--preset", "paper", "--dataset", "fashion-mnist",
+            "--limit-train", str(args.limit_train), "--epochs", str(args.epochs), "--out", str(out),
             "--no-progress", *extra]
     if ranks == 1:
         return [sys.executable, *base]
@@ -116,14 +117,14 @@ def stale(args: argparse.Namespace, tmp: Path) -> dict:
     from ffint8.data import load_dataset, to_float_images
     from ffint8.dist.pipeline import ThreadedPipeline
     from ffint8.models import create_model
-    from ffint8.train.config import FFConfig, TrainConfig
+    from ffint8.train.config import preset_config
     from ffint8.train.loop import FFTrainer
 
     torch.set_num_threads(1)
     d = load_dataset("fashion-mnist", limit_train=args.limit_train)
     x, y = to_float_images(d.train.images), d.train.labels
     xt, yt = to_float_images(d.test.images), d.test.labels
-    cfg = TrainConfig(epochs=args.epochs, ff=FFConfig(look_ahead="collab", lambda_start=0.05))
+    cfg = preset_config("paper", epochs=args.epochs, lambda_start=0.05)
     results = {}
     for name, is_stale in (("collab, exact (waits for later goodness)", False),
                            ("collab, stale (rank 0 one update behind)", True)):
@@ -151,6 +152,7 @@ def fleet(args: argparse.Namespace, tmp: Path) -> dict:
                "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
                "--partition", partition, "--dataset", "fashion-mnist", "--limit-train",
                str(args.limit_train_fleet), "--engine", args.engine, "--threads", "1",
+               "--look-ahead", "collab", "--lambda-step", "0.001", "--lr-schedule", "constant",
                "--out", str(out)]
         results[partition] = _run(cmd, out)
         print(f"  done: {partition}", flush=True)

@@ -28,7 +28,7 @@ import torch
 
 from ffint8.data import load_dataset, to_float_images
 from ffint8.models import create_model
-from ffint8.train.config import FFConfig, TrainConfig
+from ffint8.train.config import FFConfig, TrainConfig, preset_config
 from ffint8.train.loop import FFTrainer
 from ffint8.train.run import kernel_description, run_training
 
@@ -37,9 +37,9 @@ def accuracy(args: argparse.Namespace) -> None:
     results = {}
     for look in args.looks.split(","):
         for algo in args.algos.split(","):
-            cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, ff=FFConfig(algo=algo, look_ahead=look,
-                                                          lambda_step=args.lambda_step))
+            cfg = preset_config("paper", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                seed=args.seed, algo=algo, look_ahead=look,
+                                lambda_step=args.lambda_step)
             with tempfile.TemporaryDirectory() as tmp:
                 m = run_training(cfg, tmp, progress=False, log=lambda s: print("  " + s))
             results[(look, algo)] = m

@@ -1,8 +1,10 @@
 """--preset: named settings under --config and flags; `paper` is the paper's configuration."""
 
+import pytest
 
 from ffint8.cli import config_from_args, main, parse_args
-from ffint8.train.config import PRESETS
+from ffint8.errors import ConfigError
+from ffint8.train.config import PRESETS, preset_config
 
 
 def resolved(argv):
@@ -29,3 +31,12 @@ def test_unknown_preset(capsys, tmp_path):
     assert main(["train", "--preset", "fast", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "invalid --preset 'fast'" in err and "paper" in err
+
+
+def test_preset_config_equals_the_cli_preset_with_the_same_overrides():
+    cli = config_from_args(parse_args(["train", "--preset", "paper", "--epochs", "3",
+                                       "--lambda-start", "0.05", "--algo", "ff-fp32"]))
+    assert preset_config("paper", epochs=3, lambda_start=0.05, algo="ff-fp32") == cli
+    assert preset_config("paper").ff.look_ahead == "collab"  # not the shipped default (chain)
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        preset_config("fast")

@@ -186,3 +186,15 @@ PRESETS: dict[str, dict] = {
         "predict": "goodness", "predict_units": "all", "negatives": "random",
     },
 }
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """The TrainConfig of preset `name` (PRESETS), then `overrides` (TrainConfig or FFConfig field
+    names): what `ffint8 train --preset name` with those flags gives, for code that builds its
+    config in-process (benchmarks that must keep the settings their recorded figures used)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **overrides}
+    ff_names = {f.name for f in fields(FFConfig)}
+    ff = FFConfig(**{k: v for k, v in values.items() if k in ff_names})
+    return TrainConfig(**{k: v for k, v in values.items() if k not in ff_names}, ff=ff)
