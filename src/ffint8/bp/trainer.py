@@ -116,9 +116,7 @@ class BPTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.model(x_train[idx], ops), y_train[idx])
             if not bool(torch.isfinite(loss)):
-                raise DivergenceError(
-                    f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the loss is "
-                    f"{loss.item()}; try a smaller --lr")
+                raise DivergenceError.at(self.epoch + 1, step + 1, f"the loss is {loss.item()}")
             loss.backward()
             # After backward: bp-ui8's factor uses this step's gradient deviation.
             self._set_lr(self.cfg.lr_at((phase + step / len(steps)) / self.cfg.epochs))

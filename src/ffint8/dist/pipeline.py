@@ -215,9 +215,8 @@ class Stage:
             group["lr"] = lr
         loss = gradients_from_records([self.unit], [rec], t, self.cfg.ff, lam, self.seeds, others)
         if not bool(torch.isfinite(loss).all()):
-            raise DivergenceError(f"training diverged at epoch {epoch + 1}, step {step + 1}: the "
-                                  f"loss of unit {self.index + 1} is {loss.sum().item()}; try a "
-                                  "smaller --lr")
+            raise DivergenceError.at(epoch + 1, step + 1,
+                                     f"the loss of unit {self.index + 1} is {loss.sum().item()}")
         self.optimizer.step()
         return float(loss.sum())
 

@@ -54,9 +54,8 @@ def check_finite(groups: list[list[torch.Tensor]], epoch: int, steps: int, name:
     """A DivergenceError naming the first group (unit or layer) with a non-finite parameter."""
     for i, params in enumerate(groups):
         if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise DivergenceError(
-                f"training diverged at epoch {epoch + 1}, step {steps}: the weights "
-                f"of {name} {i + 1} are no longer finite; try a smaller --lr")
+            raise DivergenceError.at(epoch + 1, steps,
+                                     f"the weights of {name} {i + 1} are no longer finite")
 
 
 def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
@@ -171,15 +170,12 @@ class FFTrainer:
             if self.parallel is not None:  # the global batch's gradients and losses, all ranks
                 losses = self.parallel.reduce(self.model, losses, xb.shape[0])
             if not bool(torch.isfinite(r_loss)):
-                raise DivergenceError(
-                    f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the softmax "
-                    f"readout's loss is {r_loss.item()}; try a smaller --lr")
+                raise DivergenceError.at(self.epoch + 1, step + 1,
+                                         f"the softmax readout's loss is {r_loss.item()}")
             if not bool(torch.isfinite(losses).all()):
                 bad = int((~torch.isfinite(losses)).nonzero()[0])
-                raise DivergenceError(
-                    f"training diverged at epoch {self.epoch + 1}, step {step + 1}: the loss of "
-                    f"unit {bad + 1} is "
-                    f"{losses[bad].item()}; try a smaller --lr")
+                raise DivergenceError.at(self.epoch + 1, step + 1,
+                                         f"the loss of unit {bad + 1} is {losses[bad].item()}")
             if unit is not None:
                 for u in self.units[:unit]:
                     for p in u.parameters():
