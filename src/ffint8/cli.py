@@ -107,6 +107,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="score the test set after every N-th epoch and after the last (default 1)")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run directory (default %(default)s)")
     g.add_argument("--no-progress", action="store_true",
@@ -176,7 +178,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        optimizer=a.optimizer,
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
-                       limit_test=a.limit_test, threads=a.threads, ff=ff)
+                       limit_test=a.limit_test, threads=a.threads,
+                       eval_every=a.eval_every, ff=ff)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

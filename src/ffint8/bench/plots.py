@@ -40,9 +40,9 @@ def write_plots(agg: dict, out: Path) -> tuple[list[Path], str | None]:
     for ax, (model, dataset) in zip(axes[0], groups):
         for i, algo in enumerate(algos):
             curve = (agg.get((model, dataset, algo)) or {}).get("accuracy_per_epoch") or []
-            if curve:
-                ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker="o", label=algo,
-                        color=f"C{i}")
+            points = [(e, 100 * v) for e, v in enumerate(curve, 1) if v is not None]  # --eval-every
+            if points:
+                ax.plot(*zip(*points), marker="o", label=algo, color=f"C{i}")
         ax.set(title=f"{model} on {dataset}", xlabel="epoch", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend()

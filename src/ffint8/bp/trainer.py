@@ -145,7 +145,8 @@ class BPTrainer:
         """Train for cfg.epochs epochs (from self.epoch on, so a resumed trainer continues)."""
         while self.epoch < self.cfg.epochs:
             loss, seconds = self.train_epoch(x_train, y_train, None, progress)
-            acc = self.evaluate(x_test, y_test) if x_test is not None else None
+            acc = self.evaluate(x_test, y_test) if (
+                x_test is not None and self.cfg.evaluates_after(self.epoch + 1, self.cfg.epochs)) else None
             log = EpochLog(self.epoch + 1, loss, acc, seconds, 0.0)
             self.history.append(log)
             self.epoch += 1

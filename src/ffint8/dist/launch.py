@@ -104,11 +104,13 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
                 for p in unit.parameters():
                     dist.broadcast(p.data, src=r)
         lam = cfg.ff.lam(epoch) if cfg.ff.look_ahead != "none" else 0.0
-        acc = evaluator.evaluate(x_test, data.test.labels) if lead else float("nan")
+        scored = lead and cfg.evaluates_after(epoch + 1, cfg.epochs)
+        acc = evaluator.evaluate(x_test, data.test.labels) if scored else None
         history.append(EpochLog(epoch + 1, float(losses.sum()), acc, seconds, lam))
         if lead:
             write_epoch_csv(out / "epochs.csv", history)
-            log(f"epoch {epoch + 1:3d}  loss {losses.sum():.4f}  test accuracy {100 * acc:.2f}%  "
+            shown = "-" if acc is None else f"{100 * acc:.2f}%"
+            log(f"epoch {epoch + 1:3d}  loss {losses.sum():.4f}  test accuracy {shown:>6s}  "
                 f"{seconds:.1f}s  lambda {lam:.4f}")
     metrics = {
         "model": cfg.model, "dataset": data.name, "algo": cfg.ff.algo,

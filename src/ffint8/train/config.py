@@ -123,6 +123,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     eval_batch_size: int = 1000
+    eval_every: int = 1  # test accuracy after every N-th epoch, and always after the last
     threads: int | None = None
     ff: FFConfig = FFConfig()
 
@@ -148,8 +149,14 @@ class TrainConfig:
             raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
         if not self.hidden and not self.ff.backprop:  # backprop: a linear classifier is fine
             raise ConfigError("--hidden: an FF model needs at least one hidden layer")
+        if self.eval_every < 1:
+            raise ConfigError(f"--eval-every must be at least 1, got {self.eval_every}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+
+    def evaluates_after(self, epoch: int, last: int) -> bool:
+        """Whether the test set is scored after 1-based epoch `epoch` of `last`."""
+        return epoch % self.eval_every == 0 or epoch >= last
 
     def lr_at(self, progress: float) -> float:
         """Learning rate at a point of training, progress in [0, 1) (fraction of all steps)."""

@@ -226,7 +226,8 @@ class FFTrainer:
             unit = plan[self.epoch]
             lam = self.cfg.ff.lam(self.epoch)
             loss, seconds = self.train_epoch(x_train, y_train, unit, progress)
-            acc = self.evaluate(x_test, y_test) if x_test is not None else None
+            acc = self.evaluate(x_test, y_test) if (
+                x_test is not None and self.cfg.evaluates_after(self.epoch + 1, len(plan))) else None
             log = EpochLog(self.epoch + 1, loss, acc, seconds, lam, unit)
             self.history.append(log)
             self.epoch += 1

@@ -192,7 +192,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         dump_resolved(cfg.to_dict(), out / "config.yaml")
     if resume:
         _, saved_cfg, blob = load_checkpoint(ckpt)
-        if saved_cfg.to_dict() | {"epochs": 0} != cfg.to_dict() | {"epochs": 0}:
+        same = {"epochs": 0, "eval_every": 1}  # may change on resume: training does not depend on them
+        if saved_cfg.to_dict() | same != cfg.to_dict() | same:
             raise CheckpointError(f"{ckpt}: written by a run with another configuration")
         trainer.load_state_dict(blob["trainer"])
         log(f"resuming {ckpt} after epoch {trainer.epoch}")
@@ -214,11 +215,12 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             write_epoch_csv(out / "epochs.csv", trainer.history)
         if writer is not None:
             writer.add_scalar("train/loss", e.train_loss, e.epoch)
-            writer.add_scalar("test/accuracy", e.test_accuracy, e.epoch)
+            if e.test_accuracy is not None:
+                writer.add_scalar("test/accuracy", e.test_accuracy, e.epoch)
             writer.add_scalar("train/seconds", e.seconds, e.epoch)
             writer.flush()
-        log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy "
-            f"{100 * e.test_accuracy:.2f}%  {e.seconds:.1f}s"
+        acc = "-" if e.test_accuracy is None else f"{100 * e.test_accuracy:.2f}%"
+        log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy {acc:>6s}  {e.seconds:.1f}s"
             + ("" if cfg.ff.backprop else f"  lambda {e.lam:.4f}"))
 
     # Memory (peak minus a baseline taken here), energy and operation counts of the training
