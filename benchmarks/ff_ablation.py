@@ -10,7 +10,9 @@ run:   every (lever, algo, seed) is one `ffint8 train` in its own process, writt
        so a stopped ablation resumes. Each lever is a set of flags on top of the plain base:
        the paper's preset with look-ahead none (goodness prediction, uniform negatives).
        "default" is `ffint8 train` with no flags at all: the configuration this project ships;
-       "default+..." levers add their flags to it instead of to the base.
+       "default+..." levers add their flags to it instead of to the base. Prediction-only
+       levers (skip-first) rescore the model of the lever they build on (RESCORED). The test
+       set is scored after the last epoch only, unless --eval-every says otherwise.
 table: mean and spread (sample standard deviation) of the final test accuracy per lever and algo,
        its gain over the base, and the mean training seconds per epoch relative to the base's
        (from the same runs: a rough figure on a shared machine; `speed` measures it properly).
@@ -46,11 +48,17 @@ LEVERS: dict[str, list[str]] = {
     "chain-0.05": ["--look-ahead", "chain", "--lambda-step", "0.05"],
     "chain-0.05-depth1": ["--look-ahead", "chain", "--lambda-step", "0.05", "--chain-depth", "1"],
     "chain-0.2": ["--look-ahead", "chain", "--lambda-step", "0.2"],
-    "skip-first": ["--predict-units", "skip-first"],
+    "skip-first": ["--predict-units", "skip-first"],  # prediction only: see RESCORED
     "default+skip-first": ["--predict-units", "skip-first"],
     "3x1000": ["--hidden", "1000,1000,1000"],
     "4x2000": ["--hidden", "2000,2000,2000,2000"],
 }
+
+
+# Levers that change only the prediction, not training (which is seeded and does not depend on
+# it; tests/train/test_predict_units.py): their cells rescore the model of the lever named here
+# with `ffint8 eval --predict-units` instead of training it again.
+RESCORED = {"skip-first": "base", "default+skip-first": "default"}
 
 
 def lever_flags(lever: str) -> list[str]:
@@ -77,11 +85,38 @@ def run(args: argparse.Namespace) -> None:
         if (d / "metrics.json").is_file():
             print(f"[{n}/{len(cells)}] {lever} {algo} seed {seed}: done before, skipped")
             continue
+        if lever in RESCORED:
+            source = cell_dir(out, args.dataset, RESCORED[lever], algo, seed)
+            print(f"[{n}/{len(cells)}] {lever} {algo} seed {seed}: rescore {source}", flush=True)
+            rescore_cell(source, d, args)
+            continue
+        # Only the final accuracy is tabulated: --eval-every spares the per-epoch test passes
+        # (a quarter of a goodness-prediction run's time).
         cmd = [sys.executable, "-m", "ffint8", "train", *lever_flags(lever), *data,
                "--algo", algo, "--seed", str(seed), "--epochs", str(args.epochs),
+               "--eval-every", str(args.eval_every or args.epochs),
                "--threads", str(args.threads), "--no-progress", "--out", str(d)]
         print(f"[{n}/{len(cells)}] {lever} {algo} seed {seed}: {' '.join(cmd[3:])}", flush=True)
         run_cell(cmd, d)
+
+
+def rescore_cell(source: Path, d: Path, args: argparse.Namespace) -> None:
+    """A prediction-only lever's cell: the source cell's run, scored with the lever's flags."""
+    if not (source / "metrics.json").is_file():
+        print("    skipped: its source cell has not finished", flush=True)
+        return
+    cmd = [sys.executable, "-m", "ffint8", "eval", "--checkpoint", str(source / "model.pt"),
+           *LEVERS[d.parts[-3]]] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"    failed (exit {res.returncode}): {res.stderr.strip()}", flush=True)
+        return
+    m = json.loads((source / "metrics.json").read_text())
+    m.update(test_accuracy=json.loads(res.stdout)["test_accuracy"], rescored_from=str(source),
+             rescore_flags=LEVERS[d.parts[-3]])
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text(json.dumps(m, indent=2))
+    print(f"    {100 * m['test_accuracy']:.2f}% (training as {source.parts[-3]})", flush=True)
 
 
 def run_cell(cmd: list[str], d: Path) -> dict | None:
@@ -186,6 +221,8 @@ def main() -> None:
     r.add_argument("--dataset", default="fashion-mnist")
     r.add_argument("--data-dir", default=None)
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--eval-every", type=int, default=None,
+                   help="score the test set every N epochs (default: after the last only)")
     r.add_argument("--out", default="runs/ablation")
     t = sub.add_parser("table")
     t.add_argument("--out", default="runs/ablation")

@@ -139,6 +139,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")
     e.add_argument("--limit-test", type=int, default=None)
+    e.add_argument("--predict-units", default=None,
+                   help="FF goodness prediction: score with these units instead of the ones the "
+                        "model was trained to predict with (all, skip-first)")
     _expect_flags(e)
 
     pr = sub.add_parser("predict", help="label PNG or JPEG images with a saved model")
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             from ffint8.train.run import evaluate_checkpoint
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_dir, args.dataset,
-                                                 args.limit_test), indent=2))
+                                                 args.limit_test, args.predict_units), indent=2))
         elif args.command == "predict":
             from ffint8.infer import predict_files
 

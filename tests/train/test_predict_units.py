@@ -69,3 +69,31 @@ def test_cnn_scores_follow_the_choice():
         scores[units] = FFTrainer(model, cfg, 10).predict_scores(x)
     assert scores["all"].shape == scores["skip-first"].shape == (2, 10)
     assert not torch.allclose(scores["all"], scores["skip-first"])
+
+
+def test_eval_can_score_a_saved_model_with_other_units(tmp_path, capsys):
+    """`ffint8 eval --predict-units` rescored a trained model: the same as a model trained with
+    that choice (training does not depend on it), and refused where it means nothing."""
+    import json
+
+    from ffint8.cli import main
+
+    small = ["--dataset", "synthetic", "--hidden", "32,32", "--limit-train", "300",
+             "--limit-test", "60", "--epochs", "1", "--no-progress"]
+    assert main(["train", *small, "--out", str(tmp_path / "all")]) == 0
+    assert main(["train", *small, "--predict-units", "skip-first", "--out", str(tmp_path / "sk")]) == 0
+    capsys.readouterr()
+    scores = {}
+    for run, units in [("all", None), ("all", "skip-first"), ("sk", None)]:
+        argv = ["eval", "--checkpoint", str(tmp_path / run / "model.pt"), "--limit-test", "60"]
+        assert main(argv + (["--predict-units", units] if units else [])) == 0
+        scores[run, units] = json.loads(capsys.readouterr().out)["test_accuracy"]
+    assert scores["all", "skip-first"] == scores["sk", None]
+    sk = json.loads((tmp_path / "sk" / "metrics.json").read_text())["test_accuracy"]
+    assert scores["sk", None] == sk
+
+    assert main(["train", *small, "--algo", "bp-fp32", "--out", str(tmp_path / "bp")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "bp" / "model.pt"),
+                 "--predict-units", "skip-first"]) == 2
+    assert "--predict-units" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -272,9 +273,17 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
 
 
 def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
-                        dataset: str | None = None, limit_test: int | None = None) -> dict:
-    """Test accuracy of a saved model on its data set (or another of the same input size)."""
+                        dataset: str | None = None, limit_test: int | None = None,
+                        predict_units: str | None = None) -> dict:
+    """Test accuracy of a saved model on its data set (or another of the same input size);
+    predict_units overrides the units an FF goodness prediction sums."""
     model, cfg, blob = load_checkpoint(path)
+    if predict_units is not None:
+        if cfg.ff.backprop or cfg.ff.predict != "goodness":
+            raise ConfigError(f"--predict-units: {path} predicts with "
+                              f"{'backprop' if cfg.ff.backprop else 'a softmax readout'}, "
+                              "not with summed goodness")
+        cfg = replace(cfg, ff=replace(cfg.ff, predict_units=predict_units))
     name = dataset or cfg.dataset
     data = load_dataset(name, data_dir if data_dir is not None else cfg.data_dir,
                         limit_test=limit_test, seed=cfg.seed)
@@ -284,5 +293,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
                               f"images have {x_test.shape[1]}")
     trainer = make_trainer(model, cfg, blob["num_classes"])
     acc = trainer.evaluate(x_test, data.test.labels)
-    return {"checkpoint": str(path), "model": cfg.model, "algo": cfg.ff.algo, "dataset": name,
-            "test_samples": len(data.test), "test_accuracy": acc}
+    result = {"checkpoint": str(path), "model": cfg.model, "algo": cfg.ff.algo, "dataset": name,
+              "test_samples": len(data.test), "test_accuracy": acc}
+    if predict_units is not None:
+        result["predict_units"] = predict_units
+    return result
