@@ -180,3 +180,52 @@ def test_resolve_and_errors():
     with pytest.raises(ValueError, match="padding must be"):
         ConvSpec(padding=(1, -1))
     assert ConvSpec(2, (1, 0)).padding == (1, 0) and ConvSpec(2).stride == (2, 2)
+
+
+def _sparse_grad(o, extreme, gen):
+    """A long-reduction input gradient whose g is small: sum_o |g| stays below the float bound."""
+    x_shape, w = (2, 8, 6, 6), torch.full((o, 8, 3, 3), extreme, dtype=torch.int8)
+    gz = torch.randint(-2, 3, (2, o, 6, 6), generator=gen, dtype=torch.int8)
+    return x_shape, w, gz
+
+
+@pytest.mark.parametrize("extreme", [127, -128])
+def test_input_grad_one_float_call_when_the_data_allow(monkeypatch, extreme):
+    """144 output channels x 9 taps > FLOAT_EXACT_K, but with |g| <= 2 every partial sum stays
+    far below 2^24: float-exact makes one call (no chunks), and is still exact; with large g it
+    falls back to chunks and is exact too."""
+    import ffint8.quant.conv as qc
+
+    gen = torch.Generator().manual_seed(3)
+    x_shape, w, gz = _sparse_grad(144, extreme, gen)
+    spec = ConvSpec(1, 1)
+    assert 144 * 9 > qc.FLOAT_EXACT_K and qc._input_grad_fits_float(gz, w)
+    ref = torch.nn.grad.conv2d_input(x_shape, w.double(), gz.double(), 1, 1)
+
+    def no_chunks(*a):
+        raise AssertionError("chunked although one call is exact")
+
+    with monkeypatch.context() as m:
+        m.setattr(qc, "_chunks", no_chunks)
+        assert torch.equal(int8_conv2d_input(gz, w, x_shape, spec, "float-exact").double(), ref)
+        got = int8_conv2d_input_scaled(gz, torch.tensor(0.5), w, torch.tensor(0.25), x_shape,
+                                       spec, "float-exact")
+        assert torch.equal(got.double(), ref * 0.125)
+
+    big = torch.full_like(gz, 127)  # 127 * 9 * 144 * 127 > 2^24: the bound fails
+    assert not qc._input_grad_fits_float(big, w)
+    ref = torch.nn.grad.conv2d_input(x_shape, w.double(), big.double(), 1, 1)
+    assert ref.abs().max() > 2**24
+    assert torch.equal(int8_conv2d_input(big, w, x_shape, spec, "float-exact").double(), ref)
+
+
+def test_input_grad_bound_counts_minus_128():
+    w = torch.full((4, 1, 3, 3), -128, dtype=torch.int8)
+    g = torch.full((1, 4, 3, 3), -128, dtype=torch.int8)
+    # 128 * 9 * (4 * 128) = 589,824 < 2^24; read as int8, abs(-128) would make it negative
+    import ffint8.quant.conv as qc
+
+    assert qc._input_grad_fits_float(g, w)
+    g = torch.full((1, 120, 3, 3), -128, dtype=torch.int8)
+    w = torch.full((120, 1, 3, 3), -128, dtype=torch.int8)
+    assert not qc._input_grad_fits_float(g, w)  # 128 * 9 * 120 * 128 = 17.7 M > 2^24
