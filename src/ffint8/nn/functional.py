@@ -17,6 +17,18 @@ Norm = Literal["rms", "l2"]
 EPS = 1e-8
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as (B, D), read in its own memory order: a view for a contiguous or channels_last t.
+
+    Reducing a channels_last map through this view (not over dims 1..3) matters for the backward:
+    the mean's gradient then comes back channels_last too, and the elementwise backward ops
+    after it do not mix layouts (measured: ReLU's backward 3x slower on mixed layouts).
+    """
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(t.shape[0], -1)
+
+
 def normalize(h: torch.Tensor, kind: Norm = "rms") -> tuple[torch.Tensor, torch.Tensor]:
     """Length-normalise each row so no unit can pass its goodness on to the next one.
 
@@ -26,9 +38,9 @@ def normalize(h: torch.Tensor, kind: Norm = "rms") -> tuple[torch.Tensor, torch.
     (B, C, H, W) is normalised per sample over all of C*H*W in its own memory layout (no copy for
     channels_last), r then (B, 1, 1, 1).
     """
-    dims = tuple(range(1, h.dim()))
-    sq = h.square().mean(dim=dims, keepdim=True) if kind == "rms" else h.square().sum(dims, keepdim=True)
-    r = sq.sqrt()
+    rows = _rows(h).square()
+    sq = rows.mean(dim=1) if kind == "rms" else rows.sum(dim=1)
+    r = sq.sqrt().view(-1, *[1] * (h.dim() - 1))
     return h / (r + EPS), r
 
 
@@ -49,8 +61,8 @@ def normalize_backward(
 def goodness(y: torch.Tensor, kind: Goodness = "mean") -> torch.Tensor:
     """G = mean (or sum) of squared activities per row: (B, N) -> (B,); a feature map
     (B, C, H, W) over all of C*H*W."""
-    dims = tuple(range(1, y.dim()))
-    return y.square().mean(dim=dims) if kind == "mean" else y.square().sum(dim=dims)
+    rows = _rows(y).square()
+    return rows.mean(dim=1) if kind == "mean" else rows.sum(dim=1)
 
 
 def goodness_grad_factor(kind: Goodness, n: int) -> float:
