@@ -150,12 +150,18 @@ def table(args: argparse.Namespace) -> None:
     found = _collect(Path(args.out))
     if not found:
         raise SystemExit(f"no finished runs under {args.out}")
+    order = {lever: i for i, lever in enumerate(LEVERS)}
     for dataset in sorted({k[0] for k in found}):
         print(f"\n{dataset}: final test accuracy (%), mean ± sd over seeds; gain over base; "
               "train s/epoch relative to base")
-        print(f"{'lever':20s} {'algo':8s} {'n':>2s} {'accuracy':>14s} {'gain':>6s} {'time':>5s}"
-              f" {'epochs':>6s}")
-        for (ds, lever, algo), ms in sorted(found.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+        if args.markdown:
+            print("\n| lever | algo | seeds | accuracy % by seed | mean ± sd | gain over base |")
+            print("| --- | --- | --- | --- | --- | --- |")
+        else:
+            print(f"{'lever':20s} {'algo':8s} {'n':>2s} {'accuracy':>14s} {'gain':>6s} {'time':>5s}"
+                  f" {'epochs':>6s}")
+        for (ds, lever, algo), ms in sorted(found.items(),
+                                            key=lambda kv: (kv[0][2], order.get(kv[0][1], 99))):
             if ds != dataset:
                 continue
             acc = [100 * m["test_accuracy"] for m in ms]
@@ -166,6 +172,11 @@ def table(args: argparse.Namespace) -> None:
                 gain = statistics.mean(acc) - statistics.mean(100 * m["test_accuracy"] for m in base)
                 time = statistics.mean(sec) / statistics.mean(
                     m["train_seconds"] / len(m["epochs"]) for m in base)
+            if args.markdown:
+                seeds = ", ".join(str(m["config"]["seed"]) for m in ms)
+                print(f"| {lever} | {algo} | {seeds} | {', '.join(f'{a:.2f}' for a in acc)} | "
+                      f"{_mean_sd(acc).strip()} | {gain:+.2f} |")
+                continue
             print(f"{lever:20s} {algo:8s} {len(ms):2d} {_mean_sd(acc):>14s} {gain:+6.2f} "
                   f"{time:5.2f} {len(ms[0]['epochs']):6d}")
 
@@ -226,6 +237,7 @@ def main() -> None:
     r.add_argument("--out", default="runs/ablation")
     t = sub.add_parser("table")
     t.add_argument("--out", default="runs/ablation")
+    t.add_argument("--markdown", action="store_true", help="a markdown table (no time column)")
     s = sub.add_parser("speed")
     s.add_argument("--levers", default="default,paper,softmax,hard,softmax+hard,cooldown,chain-0.05")
     s.add_argument("--algo", default="ff-int8")
