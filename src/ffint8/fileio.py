@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or power cut leaves the old file or the new one, never half."""
+"""File helpers: atomic writes (a crash or power cut leaves the old file or the new one, never
+half) and whole-file reads whose errors name the file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ffint8.errors import DataError
 
 
 @contextmanager
@@ -33,3 +36,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_data_file(path: Path, expected: str) -> bytes:
+    """The whole file, OS errors turned into DataErrors that name it; `expected` names what
+    should be there ("an IDX file") for the message when path is a directory."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{path}: is a directory, expected {expected}") from exc
+    except PermissionError as exc:
+        raise DataError(f"{path}: permission denied") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file: {exc.strerror or exc}") from exc

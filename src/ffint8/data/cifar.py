@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ffint8.errors import DataError
+from ffint8.fileio import read_data_file
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
@@ -65,14 +66,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> object:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise DataError(f"{path}: is a directory, expected a CIFAR-10 batch file") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
+    raw = read_data_file(path, "a CIFAR-10 batch file")
     try:
         return _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except pickle.UnpicklingError as exc:

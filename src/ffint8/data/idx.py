@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ffint8.errors import DataError
+from ffint8.fileio import read_data_file
 
 # IDX type code -> (torch dtype, bytes per value).
 _TYPES: dict[int, tuple[torch.dtype, int]] = {
@@ -54,7 +55,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
             code, is truncated, has trailing bytes, or is a corrupt gzip stream.
     """
     path = Path(path)
-    data = _maybe_gunzip(path, _read_bytes(path))
+    data = _maybe_gunzip(path, read_data_file(path, "an IDX file"))
     dtype, itemsize, shape = _parse_header(path, data)
     offset = _HEADER_BYTES + 4 * len(shape)
     count = math.prod(shape)
@@ -92,20 +93,6 @@ def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
         path.write_bytes(data)
     except OSError as exc:
         raise DataError(f"{path}: cannot write file: {exc.strerror or exc}") from exc
-
-
-def _read_bytes(path: Path) -> bytes:
-    """Return the whole file's contents, translating OS errors into DataError."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except IsADirectoryError as exc:
-        raise DataError(f"{path}: is a directory, expected an IDX file") from exc
-    except PermissionError as exc:
-        raise DataError(f"{path}: permission denied") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
 
 
 def _maybe_gunzip(path: Path, raw: bytes) -> bytes:
