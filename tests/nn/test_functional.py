@@ -101,3 +101,16 @@ def test_feature_maps_keep_their_layout_through_the_backward(fn):
     expected = (y.square().mean(dim=(1, 2, 3)) if fn == "goodness"
                 else y / (y.square().mean(dim=(1, 2, 3), keepdim=True).sqrt() + FF.EPS))
     torch.testing.assert_close(results["nchw"][0], expected)
+
+
+def test_peer_loss_is_a_mean_over_units():
+    """weight * mean_j (m_j - mean m)^2, by hand; the same weight at any width; its gradient
+    against autograd."""
+    y = torch.tensor([[1.0, 3.0, 0.0, 4.0], [3.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    # m = (2, 2, 0, 2), mean 1.5, deviations (.5, .5, -1.5, .5): squares sum 3, mean 0.75
+    assert FF.peer_loss(y, 0.1).item() == pytest.approx(0.075)
+    wide = y.repeat(1, 250)  # the same activity pattern over 1000 units
+    assert FF.peer_loss(wide, 0.1).item() == pytest.approx(0.075)
+    y = y.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(FF.peer_loss(y, 0.3), y)
+    torch.testing.assert_close(FF.peer_loss_grad(y.detach(), 0.3), want)

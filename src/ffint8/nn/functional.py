@@ -110,15 +110,17 @@ def unit_loss_grad(g_eff: torch.Tensor, t: torch.Tensor, kind: Loss, theta: floa
 
 
 def peer_loss(y: torch.Tensor, weight: float) -> torch.Tensor:
-    """Peer normalisation as an explicit loss: weight * sum_j (m_j - mean_k m_k)^2 with m_j the
+    """Peer normalisation as an explicit loss: weight * mean_j (m_j - mean_k m_k)^2 with m_j the
     batch-mean activity of unit j. Pushes every unit towards the layer's average activity, so no
-    unit dies or dominates. (B, N) -> scalar."""
+    unit dies or dominates. A mean over the N units, as in the public FF implementation, so a
+    weight means the same at any width (a sum made 0.03 N times stronger: every unit of a
+    1000-wide layer died in the first epoch). (B, N) -> scalar."""
     m = y.mean(dim=0)
-    return weight * (m - m.mean()).square().sum()
+    return weight * (m - m.mean()).square().mean()
 
 
 def peer_loss_grad(y: torch.Tensor, weight: float) -> torch.Tensor:
-    """d peer_loss / dy: 2 * weight * (m_j - mean m) / B on every row (the mean's own term
+    """d peer_loss / dy: 2 * weight * (m_j - mean m) / (B * N) on every row (the mean's own term
     vanishes because the deviations sum to zero). (B, N) -> (B, N)."""
     m = y.mean(dim=0)
-    return (2.0 * weight / y.shape[0]) * (m - m.mean()).expand_as(y)
+    return (2.0 * weight / (y.shape[0] * m.numel())) * (m - m.mean()).expand_as(y)
