@@ -50,6 +50,7 @@ LEVERS: dict[str, list[str]] = {
     "chain-0.2": ["--look-ahead", "chain", "--lambda-step", "0.2"],
     "skip-first": ["--predict-units", "skip-first"],  # prediction only: see RESCORED
     "default+skip-first": ["--predict-units", "skip-first"],
+    "default+peer": ["--peer-weight", "0.03"],
     "3x1000": ["--hidden", "1000,1000,1000"],
     "4x2000": ["--hidden", "2000,2000,2000,2000"],
 }
