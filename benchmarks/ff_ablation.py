@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
         if lever in RESCORED:
             source = cell_dir(out, args.dataset, RESCORED[lever], algo, seed)
             print(f"[{n}/{len(cells)}] {lever} {algo} seed {seed}: rescore {source}", flush=True)
-            rescore_cell(source, d, args)
+            rescore_cell(lever, source, d, args)
             continue
         # Only the final accuracy is tabulated: --eval-every spares the per-epoch test passes
         # (a quarter of a goodness-prediction run's time).
@@ -101,20 +101,20 @@ def run(args: argparse.Namespace) -> None:
         run_cell(cmd, d)
 
 
-def rescore_cell(source: Path, d: Path, args: argparse.Namespace) -> None:
-    """A prediction-only lever's cell: the source cell's run, scored with the lever's flags."""
+def rescore_cell(lever: str, source: Path, d: Path, args: argparse.Namespace) -> None:
+    """A prediction-only lever's cell d: the source cell's run, scored with the lever's flags."""
     if not (source / "metrics.json").is_file():
         print("    skipped: its source cell has not finished", flush=True)
         return
     cmd = [sys.executable, "-m", "ffint8", "eval", "--checkpoint", str(source / "model.pt"),
-           *LEVERS[d.parts[-3]]] + (["--data-dir", args.data_dir] if args.data_dir else [])
+           *LEVERS[lever]] + (["--data-dir", args.data_dir] if args.data_dir else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"    failed (exit {res.returncode}): {res.stderr.strip()}", flush=True)
         return
     m = json.loads((source / "metrics.json").read_text())
     m.update(test_accuracy=json.loads(res.stdout)["test_accuracy"], rescored_from=str(source),
-             rescore_flags=LEVERS[d.parts[-3]])
+             rescore_flags=LEVERS[lever])
     d.mkdir(parents=True, exist_ok=True)
     (d / "metrics.json").write_text(json.dumps(m, indent=2))
     print(f"    {100 * m['test_accuracy']:.2f}% (training as {source.parts[-3]})", flush=True)
