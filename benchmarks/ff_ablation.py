@@ -6,8 +6,8 @@
     python benchmarks/ff_ablation.py speed [--levers a,b] [--limit-train 8000] [--rounds 3]
 
 run:   every (lever, algo, seed) is one `ffint8 train` in its own process, written to
-       OUT/<dataset>/<lever>/<algo>/seed<k>; finished cells (metrics.json present) are skipped,
-       so a stopped ablation resumes. Each lever is a set of flags on top of the plain base:
+       OUT/<dataset>/<lever>/<algo>/seed<k>; finished cells (metrics.json present) are skipped
+       and a cell stopped mid-run goes on from its checkpoint, so a stopped ablation resumes. Each lever is a set of flags on top of the plain base:
        the paper's preset with look-ahead none (goodness prediction, uniform negatives).
        "default" is `ffint8 train` with no flags at all: the configuration this project ships;
        "default+..." levers add their flags to it instead of to the base. Prediction-only
@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> None:
                "--algo", algo, "--seed", str(seed), "--epochs", str(args.epochs),
                "--eval-every", str(args.eval_every or args.epochs),
                "--threads", str(args.threads), "--no-progress", "--out", str(d)]
+        if (d / "checkpoint.pt").is_file():  # stopped mid-run: go on from its last epoch
+            cmd = [sys.executable, "-m", "ffint8", "train", "--resume", str(d),
+                   "--epochs", str(args.epochs), "--no-progress"]
         print(f"[{n}/{len(cells)}] {lever} {algo} seed {seed}: {' '.join(cmd[3:])}", flush=True)
         run_cell(cmd, d)
 
@@ -123,7 +126,7 @@ def rescore_cell(lever: str, source: Path, d: Path, args: argparse.Namespace) ->
 def run_cell(cmd: list[str], d: Path) -> dict | None:
     """Run one `ffint8 train` command writing to d (its output in d/log.txt); its metrics."""
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / "log.txt", "w") as log:
+    with open(d / "log.txt", "a") as log:  # a resumed cell keeps its first part
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         print(f"    failed (exit {rc}); see {d / 'log.txt'}", flush=True)
