@@ -7,8 +7,9 @@
 
 run:   every (lever, algo, seed) is one `ffint8 train` in its own process, written to
        OUT/<dataset>/<lever>/<algo>/seed<k>; finished cells (metrics.json present) are skipped
-       and a cell stopped mid-run goes on from its checkpoint, so a stopped ablation resumes. Each lever is a set of flags on top of the plain base:
-       the paper's preset with look-ahead none (goodness prediction, uniform negatives).
+       and a cell stopped mid-run goes on from its checkpoint, so a stopped ablation resumes.
+       Each lever is a set of flags on top of the plain base: the paper's preset with
+       look-ahead none (goodness prediction, uniform negatives).
        "default" is `ffint8 train` with no flags at all: the configuration this project ships;
        "default+..." levers add their flags to it instead of to the base. Prediction-only
        levers (skip-first) rescore the model of the lever they build on (RESCORED). The test
