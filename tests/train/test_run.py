@@ -92,7 +92,9 @@ def test_nan_weight_after_last_step_is_caught_before_the_checkpoint(tmp_path, mo
     def poisoned_step(self, *a, **kw):
         out = original(self, *a, **kw)
         calls.append(1)
-        if len(calls) == 10:  # 300 samples / 32 = 10 steps: only the last update goes bad
+        # 300 samples / 32 = 10 steps, each stepping the two units in turn (the per-unit
+        # update): only the last update goes bad
+        if len(calls) == 10 * 2:
             self.param_groups[0]["params"][2].data[0, 0] = float("inf")  # unit 2's weight
         return out
 

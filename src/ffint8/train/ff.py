@@ -12,6 +12,8 @@ rounding and every GEMM is int8 x int8 -> int32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ffint8.nn import functional as FF
@@ -79,11 +81,13 @@ def ff_gradients(
     cfg: FFConfig,
     lam: float,
     seeds: SeedStream,
+    on_unit: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
-    return each unit's loss as its objective defines it: (L,), detached."""
+    return each unit's loss as its objective defines it: (L,), detached. on_unit: see
+    gradients_from_records."""
     records = forward_records(units, x, cfg, seeds)
-    return gradients_from_records(units, records, t, cfg, lam, seeds)
+    return gradients_from_records(units, records, t, cfg, lam, seeds, on_unit=on_unit)
 
 
 def gradients_from_records(
@@ -94,10 +98,13 @@ def gradients_from_records(
     lam: float,
     seeds: SeedStream,
     others: torch.Tensor | None = None,
+    on_unit: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """ff_gradients after its forward pass. others: (B,) goodness summed over units that are not
     in `units` (a layer-pipelined stage's view of the rest of the network), added to collab's sum
-    as constants."""
+    as constants. on_unit(l) is called, from the last unit down, as soon as unit l's .grad is
+    final and nothing below needs its weights or gradient: a per-unit update may step and free
+    them there, so only one unit's gradients are alive at a time."""
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
@@ -133,20 +140,30 @@ def gradients_from_records(
             g_z = g_z + lam * from_later
         unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
         unit.bias.grad = g_z.sum(0)
-        if not chain or l == 0:
-            continue
-        # Pass each loss that still reaches unit l-1 (j <= l-1 + depth) down through unit l.
-        # Losses with j <= depth reach every unit below them, so they travel as one summed
-        # signal (key 0); the others each keep their own, to be dropped when out of range.
-        live: dict[int, torch.Tensor] = {}
-        for j, s in [*signals.items(), (l, local[l])]:
-            if j > l - 1 + depth:
-                continue
-            s = s * mask if j != l else s
-            key = 0 if j <= depth else j
-            live[key] = live[key] + s if key in live else s
-        signals = {j: _input_grad(s, rec, cfg, seeds) for j, s in live.items()}
+        if chain and l > 0:
+            signals = _pass_down(signals, local[l], rec, mask, l, depth, cfg, seeds)
+        if on_unit is not None:
+            on_unit(l)
     return losses.detach()
+
+
+def _pass_down(signals: dict[int, torch.Tensor], own: torch.Tensor, rec: DenseRecord,
+               mask: torch.Tensor, l: int, depth: int, cfg: FFConfig,
+               seeds: SeedStream) -> dict[int, torch.Tensor]:
+    """The chain signals that reach unit l-1, from those at unit l's output and its own loss's
+    dL_l/dz_l (`own`): each live one passed through unit l's linear map and norm.
+
+    A loss still reaches unit l-1 if j <= l-1 + depth. Losses with j <= depth reach every unit
+    below them, so they travel as one summed signal (key 0); the others each keep their own, to
+    be dropped when out of range."""
+    live: dict[int, torch.Tensor] = {}
+    for j, s in [*signals.items(), (l, own)]:
+        if j > l - 1 + depth:
+            continue
+        s = s * mask if j != l else s
+        key = 0 if j <= depth else j
+        live[key] = live[key] + s if key in live else s
+    return {j: _input_grad(s, rec, cfg, seeds) for j, s in live.items()}
 
 
 def readout_features(records: list[DenseRecord], units: list[int], norm: str) -> torch.Tensor:

@@ -100,6 +100,10 @@ class FFTrainer:
             raise ConfigError(f"--predict softmax needs a model built with a readout; "
                               f"{self.cfg.model!r} was built without one")
         self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
+        # Dense units step one at a time, as soon as their gradients are final, so only one
+        # unit's gradients are alive (the same update: the optimisers here are elementwise).
+        # Data-parallel training averages all gradients first, so it steps them together.
+        self.per_unit_update = self.dense and self.parallel is None
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling, negatives
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
 
@@ -165,8 +169,12 @@ class FFTrainer:
             elif ff.negatives == "hard":  # goodness prediction: one forward per label
                 neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
             x, t = self._batch(xb, yb, neg)
-            step_fn = ff_gradients if self.dense else ff_units.ff_gradients
-            losses = step_fn(units, x, t, ff, lam, self.seeds)
+            if self.per_unit_update:
+                losses = ff_gradients(units, x, t, ff, lam, self.seeds,
+                                      on_unit=lambda l: self._step_unit(l, unit))
+            else:
+                step_fn = ff_gradients if self.dense else ff_units.ff_gradients
+                losses = step_fn(units, x, t, ff, lam, self.seeds)
             if self.parallel is not None:  # the global batch's gradients and losses, all ranks
                 losses = self.parallel.reduce(self.model, losses, xb.shape[0])
             if not bool(torch.isfinite(r_loss)):
@@ -176,11 +184,12 @@ class FFTrainer:
                 bad = int((~torch.isfinite(losses)).nonzero()[0])
                 raise DivergenceError.at(self.epoch + 1, step + 1,
                                          f"the loss of unit {bad + 1} is {losses[bad].item()}")
-            if unit is not None:
-                for u in self.units[:unit]:
-                    for p in u.parameters():
-                        p.grad = None  # greedy: lower units are frozen
-            self.optimizer.step()
+            if not self.per_unit_update:
+                if unit is not None:
+                    for u in self.units[:unit]:
+                        for p in u.parameters():
+                            p.grad = None  # greedy: lower units are frozen
+                self.optimizer.step()
             total += losses.sum()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{losses.sum().item():.4f}")
@@ -189,6 +198,14 @@ class FFTrainer:
         # The last update must not leave a NaN for the checkpoint.
         check_finite([list(u.parameters()) for u in units], self.epoch, len(steps), "unit")
         return total.item() / len(steps), seconds
+
+    def _step_unit(self, l: int, trained: int | None) -> None:
+        """Per-unit update: step unit l (and the softmax readout, whose gradient is set before
+        the units'), then free the gradients. trained: the greedy schedule's unit; those below
+        it are frozen, so their gradients are dropped unused."""
+        if trained is None or l == trained:
+            self.optimizer.step()  # steps the parameters that have a .grad: unit l's (+ readout)
+        self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
