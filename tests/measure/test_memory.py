@@ -9,6 +9,7 @@ from ffint8.measure.memory import (
     MemoryProbe,
     current_rss_bytes,
     peak_rss_bytes,
+    release_free_heap,
     reset_peak_rss,
 )
 
@@ -87,3 +88,34 @@ def test_real_process_counts_only_what_the_loop_allocates():
     del during
     assert 38 * MB <= rep.train_memory <= 80 * MB
     assert rep.peak_rss >= rep.baseline_rss + 100 * MB
+
+
+def test_heap_goes_back_before_the_baseline_and_before_each_restart(tmp_path, monkeypatch):
+    from ffint8.measure import memory
+
+    write_status(tmp_path, rss_kb=100_000, hwm_kb=100_000)
+    refs = tmp_path / "proc/self/clear_refs"
+    calls = []
+    # the high-water mark must restart after the release, not before it
+    monkeypatch.setattr(memory, "release_free_heap", lambda: calls.append(refs.exists()))
+    probe = MemoryProbe(tmp_path)
+    probe.begin()
+    assert calls == [False]
+    probe.pause()
+    refs.unlink()
+    probe.resume()
+    assert calls == [False, False] and refs.exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_release_free_heap_gives_freed_blocks_back():
+    # 64 KB blocks stay below glibc's mmap threshold, so they live on the heap; the last one
+    # keeps the heap's top in use, so free() alone cannot shrink it.
+    blocks = [_touch(64 * 1024) for _ in range(1200)]
+    keep = blocks[-1]
+    del blocks
+    held = current_rss_bytes()
+    if not release_free_heap():
+        pytest.skip("no malloc_trim in this C library")
+    assert held - current_rss_bytes() > 40 * MB
+    del keep

@@ -59,6 +59,23 @@ def reset_peak_rss(root: str | os.PathLike = "/") -> bool:
         return False
 
 
+def release_free_heap() -> bool:
+    """Give the C allocator's free heap pages back to the system (glibc's malloc_trim(0)), so
+    that RSS is the memory in use. glibc keeps freed memory below its trim threshold mapped,
+    and even free holes in mid-heap; without this, what an excluded stretch (evaluation) freed
+    stays resident and counts as the next stretch's. False where there is no such call (musl,
+    macOS, Windows)."""
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def cuda_in_use() -> bool:
     """True if this process has already initialised CUDA (checking does not initialise it)."""
     torch = sys.modules.get("torch")  # not imported: CUDA cannot be in use
@@ -121,6 +138,7 @@ class MemoryProbe:
 
     def begin(self) -> None:
         self._peak_before = peak_rss_bytes(self.root)
+        release_free_heap()  # heap freed by data loading would hide the loop's own growth
         self._baseline = current_rss_bytes(self.root)
         self._reset = reset_peak_rss(self.root)
         self._segment_peaks, self._other_peaks = [], []
@@ -140,10 +158,11 @@ class MemoryProbe:
             self._paused = True
 
     def resume(self) -> None:
-        """End the excluded stretch: the high-water mark restarts from the RSS now, so memory
-        the allocator kept from the excluded stretch can still count (see docs/measurement.md)."""
+        """End the excluded stretch: the heap it freed goes back to the system, then the
+        high-water mark restarts from the RSS now (see docs/measurement.md)."""
         if self._reset and self._paused:
             self._other_peaks.append(peak_rss_bytes(self.root))
+            release_free_heap()
             reset_peak_rss(self.root)
             self._paused = False
 
