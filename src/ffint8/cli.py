@@ -101,7 +101,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    g.add_argument("--optimizer", default=d.optimizer,
+                   help=f"one of {', '.join(OPTIMIZERS)} (adam8: Adam with its two moments "
+                        "stored in 8 bits, a quarter of Adam's state memory)")
     g.add_argument("--lr-schedule", default=d.lr_schedule,
                    help=f"one of {', '.join(LR_SCHEDULES)} (cooldown: linear to 0 in the 2nd half)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)

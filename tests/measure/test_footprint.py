@@ -11,14 +11,17 @@ from ffint8.train.ff import SeedStream, forward_records
 
 
 def test_hand_count_ff_int8():
-    # MLP 4-3-2, batch 1 (2 rows). 23 parameters: 92 bytes each for weights and gradients,
-    # Adam 184. Kept: input batch 2*4*4 = 32; unit 1: a_q 8, y 24, r 8, g_z 24; unit 2: a_q 6,
-    # y 16, r 8, g_z 16; int8 weights 12 + 6.
+    # MLP 4-3-2, batch 1 (2 rows). 23 parameters: 92 bytes of weights, Adam 184; gradients of
+    # one unit at a time (the per-unit update), the larger unit 1's 12 + 3: 60 bytes. Kept:
+    # input batch 2*4*4 = 32; unit 1: a_q 8, y 24, r 8, g_z 24; unit 2: a_q 6, y 16, r 8,
+    # g_z 16; int8 weights 12 + 6.
     fp = footprint("ff-int8", 4, (3, 2), batch_size=1, optimizer="adam")
-    assert (fp.parameters, fp.gradients, fp.optimizer) == (92, 92, 184)
+    assert (fp.parameters, fp.gradients, fp.optimizer) == (92, 60, 184)
     assert fp.activations == 32 + (8 + 24 + 8 + 24) + (6 + 16 + 8 + 16)
     assert fp.weight_copies == 18
-    assert fp.total == 92 + 92 + 184 + 142 + 18
+    assert fp.total == 92 + 60 + 184 + 142 + 18
+    # adam8: per parameter 2 bytes of codes and 2 float32 scales per 256 values
+    assert footprint("ff-int8", 4, (3, 2), 1, optimizer="adam8").optimizer == round(23 * 2.03125)
     minimal = footprint("ff-int8", 4, (3, 2), batch_size=1, kept="minimal")
     assert minimal.activations == 32 + (8 + 24 + 8) + (6 + 16 + 8) + 24  # one g_z, the largest
     assert minimal.weight_copies == 0

@@ -24,7 +24,10 @@ ALL_ALGOS = FF_ALGOS + BP_ALGOS
 # Optimiser arithmetic per parameter (multiplies, adds):
 # Adam: m = b1 m + (1-b1) g (2, 1); v = b2 v + (1-b2) g^2 (3, 1); sqrt(v_hat) + eps (1, 1);
 #       p -= lr_t * m / denom (2, 1).   SGD with momentum: buf = mu buf + g (1, 1); p -= lr buf (1, 1).
-OPTIMIZER_OPS = {"adam": (8, 4), "sgd": (2, 2)}
+# Adam8 (8-bit state): Adam's, plus dequantising m and r (2 multiplies), r^2 (1) and re-storing
+# both (2 divides, counted as multiplies); absmax searches and the integer adds of stochastic
+# rounding are left out.
+OPTIMIZER_OPS = {"adam": (8, 4), "sgd": (2, 2), "adam8": (13, 4)}
 # The clip searches of bp-ui8 and bp-gdai8 (ffint8.bp.clip.search_ratio): every `period` steps,
 # a grid of `grid` clip ratios, 2 golden-section starts and `refine` steps: one evaluation each.
 BP_SEARCH_DEFAULTS = (100, 24, 16)  # BPConfig's search_period, search_grid, search_refine

@@ -1,8 +1,10 @@
 """Analytic training memory per algorithm: what must be resident during one step.
 
 Bytes of parameters (float32 master copy), gradients, optimiser state (Adam: 2 floats per
-parameter; SGD with momentum: 1) and what each algorithm keeps between its forward pass and its
-update, read off the code:
+parameter; SGD with momentum: 1; adam8: 2 bytes and a float32 scale per 256) and what each
+algorithm keeps between its forward pass and its update, read off the code. Gradients are float32
+for every parameter at once, except FF on dense units, which steps each unit as soon as its
+gradients are final (ffint8.train.loop's per-unit update): the largest unit's only.
 
 - ff-int8 / ff-fp32 (ffint8.train.ff, nn.dense): all units' DenseRecords live until the last
   unit is updated. Per unit, for 2B rows: its input normalised (int8 on the INT8 path, float32
@@ -45,7 +47,7 @@ from ffint8.measure.opcount import ALL_ALGOS, BP_ALGOS, INT8_ALGOS, Dense, mlp_l
 
 F32 = 4
 I8 = 1
-OPTIMIZER_STATE = {"adam": 2, "sgd": 1}  # floats per parameter
+OPTIMIZER_STATE = {"adam": 2 * F32, "sgd": F32, "adam8": 2 * (I8 + F32 / 256)}  # bytes per parameter
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,18 @@ def _check(algo: str, optimizer: str, kept: str) -> None:
     if algo not in ALL_ALGOS:
         raise ConfigError(f"no footprint for algorithm {algo!r}; known: {', '.join(ALL_ALGOS)}")
     if optimizer not in OPTIMIZER_STATE:
-        raise ConfigError(f"invalid optimizer {optimizer!r}; choose one of: adam, sgd")
+        raise ConfigError(f"invalid optimizer {optimizer!r}; choose one of: "
+                          f"{', '.join(OPTIMIZER_STATE)}")
     if kept not in ("code", "minimal"):
         raise ConfigError(f"invalid kept {kept!r}; choose one of: code, minimal")
 
 
-def _footprint(n_params: int, optimizer: str, activations: int, weight_copies: int) -> Footprint:
-    return Footprint(parameters=n_params * F32, gradients=n_params * F32,
-                     optimizer=n_params * F32 * OPTIMIZER_STATE[optimizer], activations=activations,
+def _footprint(n_params: int, optimizer: str, activations: int, weight_copies: int,
+               grad_params: int | None = None) -> Footprint:
+    """grad_params: parameters whose gradients are alive at once (default all)."""
+    return Footprint(parameters=n_params * F32,
+                     gradients=(n_params if grad_params is None else grad_params) * F32,
+                     optimizer=round(n_params * OPTIMIZER_STATE[optimizer]), activations=activations,
                      weight_copies=weight_copies)
 
 
@@ -121,9 +127,10 @@ def footprint(algo: str, in_features: int, hidden: Sequence[int], batch_size: in
     layers = mlp_layers(in_features, hidden, num_classes if bp else None)
     if bp:
         act, weights = _bp_kept(layers, batch_size, algo)
-    else:
-        act, weights = _ff_kept(layers, batch_size, algo == "ff-int8", kept)
-    return _footprint(sum(layer.params for layer in layers), optimizer, act, weights)
+        return _footprint(sum(layer.params for layer in layers), optimizer, act, weights)
+    act, weights = _ff_kept(layers, batch_size, algo == "ff-int8", kept)
+    return _footprint(sum(layer.params for layer in layers), optimizer, act, weights,
+                      grad_params=max(layer.params for layer in layers))  # per-unit update
 
 
 def saved_bytes(saved: list[Saved], rows: int, int8: bool) -> int:

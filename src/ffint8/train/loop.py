@@ -71,6 +71,10 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam8":  # Adam with its moments in 8 bits: a quarter of Adam's state
+        from ffint8.train.adam8 import Adam8
+
+        return Adam8(params, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed)
     # fused Adam: one kernel over all parameters, several times faster than the for-each loop
     # at FF's small batches, where the optimiser weighs as much as the GEMMs.
     try:

@@ -1,0 +1,118 @@
+"""Adam with 8-bit state: `--optimizer adam8`.
+
+torch.optim.Adam keeps two float32 moments per parameter (8 bytes); here they are stored
+block-wise in 8 bits (ffint8.quant.blockwise: e4m3 codes, one float32 scale per 256 values),
+about 2.03 bytes per parameter. The first moment m is stored as is; the second as r = sqrt(v),
+which halves the range the codes must cover. Both are re-stored with stochastic rounding after
+every step, so their decay (beta2 = 0.999 moves v by less than e4m3's spacing) holds on average.
+
+The update is torch.optim.Adam's (L2 weight decay added to the gradient, bias corrections),
+computed in float32 on `chunk` values at a time, so the float32 copies of the state never
+exceed a chunk. An element whose r rounds to 0 (below 2^-9 of its block's largest, e4m3's
+range) takes no step rather than m / eps.
+
+Why not a library: torchao's 8-bit optimisers need torch.compile (a C++ toolchain at run time,
+and the compiler's memory), which edge boards lack; bitsandbytes' are CUDA-first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ffint8.quant.blockwise import (
+    FP8,
+    dequantize_blocks,
+    quantize_blocks,
+    stochastic_noise,
+)
+
+
+class Adam8(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, block: int = 256,
+                 chunk: int = 1 << 18, seed: int = 0) -> None:
+        if not lr > 0:
+            raise ValueError(f"Adam8: lr must be > 0, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"Adam8: betas must lie in [0, 1), got {betas}")
+        if chunk % block:
+            raise ValueError(f"Adam8: chunk ({chunk}) must be a multiple of block ({block})")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.block, self.chunk = block, chunk
+        self.generator = torch.Generator().manual_seed(seed)  # stochastic rounding of the state
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        n = -(-p.numel() // self.block) * self.block  # padded to whole blocks
+        zeros = lambda k: torch.zeros(k, dtype=torch.uint8)  # noqa: E731  (e4m3 0 is 0x00)
+        # codes are kept as uint8: load_state_dict casts floating-point state to the
+        # parameter's dtype, which would undo the 8-bit storage
+        return {"step": torch.zeros(()), "m": zeros(n), "m_scale": torch.ones(n // self.block),
+                "r": zeros(n), "r_scale": torch.ones(n // self.block)}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.device.type != "cpu" or not p.is_contiguous():
+                    raise ValueError("Adam8 steps contiguous CPU parameters only")
+                state = self.state[p]
+                if not state:
+                    state.update(self._init_state(p))
+                state["step"] += 1
+                self._update(p, state, group, int(state["step"]))
+        return loss
+
+    def _update(self, p: torch.Tensor, state: dict, group: dict, t: int) -> None:
+        b1, b2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        step_size, root_c2 = lr / (1 - b1**t), math.sqrt(1 - b2**t)
+        flat, grad = p.view(-1), p.grad.reshape(-1)
+        bs, n = self.block, p.numel()
+        for s in range(0, n, self.chunk):
+            e = min(s + self.chunk, n)
+            k = e - s
+            blocks = slice(s // bs, -(-e // bs))
+            codes = slice(blocks.start * bs, blocks.stop * bs)  # k values, padded to whole blocks
+            m = dequantize_blocks(state["m"][codes].view(FP8), state["m_scale"][blocks], bs)
+            r = dequantize_blocks(state["r"][codes].view(FP8), state["r_scale"][blocks], bs)
+            g = grad[s:e] if not wd else grad[s:e] + wd * flat[s:e]
+            if len(m) > k:
+                g = torch.nn.functional.pad(g, (0, len(m) - k))  # padding stays 0 in m and v
+            m.lerp_(g, 1 - b1)  # m <- b1 m + (1 - b1) g
+            r = r.square_().mul_(b2).addcmul_(g, g, value=1 - b2).sqrt_()  # sqrt(b2 v + (1-b2) g^2)
+            update = m / (r / root_c2 + eps)
+            flat[s:e].add_(update[:k].masked_fill_(r[:k] == 0, 0), alpha=-step_size)
+            for key, x in (("m", m), ("r", r)):
+                q, scale = quantize_blocks(x, bs, stochastic_noise(len(x), self.generator))
+                state[key][codes] = q.view(torch.uint8)
+                state[f"{key}_scale"][blocks] = scale
+
+    def state_dict(self) -> dict:
+        d = super().state_dict()
+        d["generator"] = self.generator.get_state()  # exact resume of the stochastic rounding
+        return d
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        gen = state_dict.pop("generator", None)
+        # torch casts every state tensor to its parameter's dtype (float32): the uint8 codes
+        # are taken out around that and put back as they are
+        codes = {i: {k: s[k] for k in ("m", "r") if k in s} for i, s in state_dict["state"].items()}
+        state_dict["state"] = {i: {k: v for k, v in s.items() if k not in ("m", "r")}
+                               for i, s in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(saved_ids, params):
+            if i in codes:
+                self.state[p].update(codes[i])
+        if gen is not None:
+            self.generator.set_state(gen)

@@ -1,0 +1,160 @@
+"""Adam8: Adam's update with 8-bit moments: close to torch.optim.Adam step by step, a quarter of
+its state, converges like it, exact resume through state_dict, usable from the CLI config."""
+
+import pytest
+import torch
+
+from ffint8.train.adam8 import Adam8
+
+
+def problem(seed=0, n=700):
+    """A least-squares fit: parameters (n,) and a loss whose gradient is A^T (A p - b)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(64, n, generator=g) / n**0.5
+    b = torch.randn(64, generator=g)
+    return a, b
+
+
+def run(opt_cls, steps, seed=0, **kw):
+    a, b = problem(seed)
+    p = torch.nn.Parameter(torch.zeros(a.shape[1]))
+    opt = opt_cls([p], lr=0.01, **kw)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((a @ p - b) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return p.detach(), losses, opt
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_first_steps_match_adam(wd):
+    p8, _, _ = run(Adam8, 1, weight_decay=wd, chunk=256)
+    p, _, _ = run(torch.optim.Adam, 1, weight_decay=wd)
+    # Adam's first step is lr * sign(g); m and r are stored to 3 mantissa bits
+    assert torch.allclose(p8, p, rtol=0.15, atol=1e-6)
+    p8, _, _ = run(Adam8, 5, weight_decay=wd, chunk=256)
+    p, _, _ = run(torch.optim.Adam, 5, weight_decay=wd)
+    assert (p8 - p).norm() <= 0.1 * p.norm()
+
+
+def test_converges_like_adam():
+    _, l8, _ = run(Adam8, 300)
+    _, l32, _ = run(torch.optim.Adam, 300)
+    assert l8[-1] < 0.05 * l8[0]
+    assert l8[-1] <= 1.5 * l32[-1] + 1e-4
+
+
+def test_state_is_a_quarter_of_adams():
+    p = torch.nn.Parameter(torch.randn(1000, 300))
+    p.grad = torch.randn_like(p)
+    opt = Adam8([p])
+    opt.step()
+    state = opt.state[p]
+    nbytes = sum(v.numel() * v.element_size() for v in state.values())
+    assert state["m"].dtype == torch.uint8 and state["r"].dtype == torch.uint8
+    assert nbytes <= 2.04 * p.numel() + 8  # vs 8 bytes per parameter for Adam
+    assert nbytes >= 2 * p.numel()
+
+
+def test_chunks_do_not_change_the_update_much():
+    # the chunks draw their rounding noise in other pieces, so the paths differ by noise only:
+    # measured 5% after 20 steps, about what either differs from float32 Adam
+    small, _, _ = run(Adam8, 20, chunk=256)
+    big, _, _ = run(Adam8, 20, chunk=1 << 18)
+    assert (small - big).norm() <= 0.15 * big.norm()
+
+
+def test_resume_through_state_dict_is_exact():
+    a, b = problem()
+
+    def make():
+        p = torch.nn.Parameter(torch.zeros(a.shape[1]))
+        return p, Adam8([p], lr=0.01, seed=3)
+
+    def steps(p, opt, k):
+        for _ in range(k):
+            opt.zero_grad()
+            ((a @ p - b) ** 2).mean().backward()
+            opt.step()
+
+    p1, o1 = make()
+    steps(p1, o1, 6)
+    p2, o2 = make()
+    steps(p2, o2, 3)
+    saved = {"p": p2.detach().clone(), "opt": o2.state_dict()}
+    torch.save(saved, buf := __import__("io").BytesIO())
+    buf.seek(0)
+    loaded = torch.load(buf)
+    p3, o3 = make()
+    with torch.no_grad():
+        p3.copy_(loaded["p"])
+    o3.load_state_dict(loaded["opt"])
+    assert o3.state[p3]["m"].dtype == torch.uint8  # not cast to float32 by load_state_dict
+    steps(p3, o3, 3)
+    assert torch.equal(p3, p1)
+
+
+def test_no_step_where_the_second_moment_underflows():
+    p = torch.nn.Parameter(torch.zeros(256))
+    opt = Adam8([p], lr=0.1)
+    p.grad = torch.zeros(256)
+    p.grad[0], p.grad[1] = 1.0, 1e-7  # g[1]^2 far below 2^-9 of the block's largest, squared
+    opt.step()
+    p.grad = torch.zeros(256)  # a step with no gradient: m[1] may survive while r[1] is 0
+    opt.step()
+    assert torch.isfinite(p).all() and p.abs().max() <= 0.2 + 1e-6
+
+
+def test_bad_arguments():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    with pytest.raises(ValueError, match="lr"):
+        Adam8(p, lr=0)
+    with pytest.raises(ValueError, match="multiple of block"):
+        Adam8(p, chunk=300)
+
+
+def test_second_moment_decays_under_stochastic_rounding():
+    # Without stochastic rounding v <- 0.999 v moves less than e4m3's spacing and stays put.
+    from ffint8.quant.blockwise import FP8, dequantize_blocks
+
+    p = torch.nn.Parameter(torch.zeros(256))
+    opt = Adam8([p], lr=1e-4)
+
+    def r():
+        s = opt.state[p]
+        return dequantize_blocks(s["r"].view(FP8), s["r_scale"], 256)
+
+    for _ in range(3000):  # every element sees gradient 1: v near its steady state
+        p.grad = torch.ones(256)
+        opt.step()
+    before = r()[1:].mean()
+    for _ in range(700):  # element 0 keeps the block's scale; the others get no gradient
+        p.grad = torch.zeros(256)
+        p.grad[0] = 1.0
+        opt.step()
+    ratio = float(r()[1:].mean() / before)
+    assert abs(ratio - 0.999 ** (700 / 2)) < 0.03  # sqrt(v) decays by sqrt(0.999) per step
+
+
+@pytest.mark.parametrize("algo", ["ff-int8", "bp-fp32"])
+def test_training_run_with_adam8_resumes_exactly(tmp_path, algo):
+    from ffint8.train.config import FFConfig, TrainConfig
+    from ffint8.train.run import load_checkpoint, run_training
+
+    def cfg(epochs):
+        return TrainConfig(dataset="synthetic", hidden=(32, 32), epochs=epochs, limit_train=300,
+                           limit_test=100, optimizer="adam8", lr_schedule="constant",
+                           ff=FFConfig(algo=algo, look_ahead="none" if algo[:2] == "bp" else "chain"))
+
+    quiet = lambda *_: None  # noqa: E731
+    whole = run_training(cfg(3), tmp_path / "a", progress=False, log=quiet)
+    run_training(cfg(1), tmp_path / "b", progress=False, log=quiet)
+    run_training(cfg(3), tmp_path / "b", progress=False, log=quiet, resume=True)
+    wa, _, _ = load_checkpoint(tmp_path / "a" / "model.pt")
+    wb, _, _ = load_checkpoint(tmp_path / "b" / "model.pt")
+    for pa, pb in zip(wa.parameters(), wb.parameters()):
+        assert torch.equal(pa, pb)
+    assert whole["test_accuracy"] > 0.3  # synthetic data, 10 classes: it learns
