@@ -23,13 +23,14 @@ SR_BITS = 20  # float32's 23 mantissa bits minus e4m3's 3
 
 
 def block_scales(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(n,) float32, n a multiple of block -> (n / block,) scales absmax / 448 (1 for an all-zero
-    block, which then stores zeros)."""
+    """(n,) float32, n a multiple of block -> (n / block,) scales absmax / 448 (1 for a block
+    whose scale would be 0: all zeros, or so small that absmax / 448 underflows; it then stores
+    zeros)."""
     if x.dim() != 1 or x.numel() % block:
         raise ValueError(f"block-wise storage takes a flat vector whose length is a multiple of "
                          f"{block}, got shape {tuple(x.shape)}")
-    amax = x.reshape(-1, block).abs().amax(1)
-    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scale = x.reshape(-1, block).abs().amax(1) / FP8_MAX
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def round_mantissa_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
