@@ -111,9 +111,6 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="score the test set after every N-th epoch and after the last (default 1)")
-    g.add_argument("--trim-heap", action="store_true", default=d.trim_heap,
-                   help="give freed heap back to the system after every optimiser step (glibc "
-                        "malloc_trim): lower peak memory, some time")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run directory (default %(default)s)")
     g.add_argument("--no-progress", action="store_true",
@@ -187,7 +184,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
                        limit_test=a.limit_test, threads=a.threads,
-                       eval_every=a.eval_every, trim_heap=a.trim_heap, ff=ff)
+                       eval_every=a.eval_every, ff=ff)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -124,7 +124,6 @@ class TrainConfig:
     limit_test: int | None = None
     eval_batch_size: int = 1000
     eval_every: int = 1  # test accuracy after every N-th epoch, and always after the last
-    trim_heap: bool = False  # malloc_trim after every optimiser step (training does not change)
     threads: int | None = None
     ff: FFConfig = FFConfig()
 

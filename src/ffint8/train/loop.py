@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 from ffint8.data import embed_label, embed_neutral, hard_negative_labels, sample_negative_labels
 from ffint8.errors import ConfigError, DivergenceError
-from ffint8.measure.memory import release_free_heap
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
 from ffint8.train import ff_units
@@ -69,16 +68,7 @@ def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> floa
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    opt = _optimizer(list(params), cfg)
-    if cfg.trim_heap:
-        # glibc keeps freed heap mapped (and fragmented) after a step's transients; handing it
-        # back keeps the process's memory at what is in use, at the cost of page faults when the
-        # next step allocates again.
-        opt.register_step_post_hook(lambda *_: release_free_heap())
-    return opt
-
-
-def _optimizer(params: list, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam8":  # Adam with its moments in 8 bits: a quarter of Adam's state

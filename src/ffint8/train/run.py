@@ -193,8 +193,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         dump_resolved(cfg.to_dict(), out / "config.yaml")
     if resume:
         _, saved_cfg, blob = load_checkpoint(ckpt)
-        # may change on resume: training does not depend on them
-        same = {"epochs": 0, "eval_every": 1, "trim_heap": False}
+        same = {"epochs": 0, "eval_every": 1}  # may change on resume: training does not depend on them
         if saved_cfg.to_dict() | same != cfg.to_dict() | same:
             raise CheckpointError(f"{ckpt}: written by a run with another configuration")
         trainer.load_state_dict(blob["trainer"])
