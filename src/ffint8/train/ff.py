@@ -103,8 +103,8 @@ def gradients_from_records(
     """ff_gradients after its forward pass. others: (B,) goodness summed over units that are not
     in `units` (a layer-pipelined stage's view of the rest of the network), added to collab's sum
     as constants. on_unit(l) is called, from the last unit down, as soon as unit l's .grad is
-    final and nothing below needs its weights or gradient: a per-unit update may step and free
-    them there, so only one unit's gradients are alive at a time."""
+    final and nothing below needs its weight parameter or gradient: a per-unit update may step
+    and free them there, so only one unit's gradients are alive at a time."""
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
@@ -140,9 +140,14 @@ def gradients_from_records(
             g_z = g_z + lam * from_later
         unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
         unit.bias.grad = g_z.sum(0)
+        # On the INT8 path the signal passes down through the forward's int8 copy of the weight
+        # (rec.w_q), so unit l may step first and free its gradient before the input gradient's
+        # buffers exist; the float path passes it through the weight itself (rec.w).
+        if on_unit is not None and cfg.int8:
+            on_unit(l)
         if chain and l > 0:
             signals = _pass_down(signals, local[l], rec, mask, l, depth, cfg, seeds)
-        if on_unit is not None:
+        if on_unit is not None and not cfg.int8:
             on_unit(l)
     return losses.detach()
 
