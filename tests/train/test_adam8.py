@@ -4,6 +4,7 @@ its state, converges like it, exact resume through state_dict, usable from the C
 import pytest
 import torch
 
+from ffint8.quant import fastsr
 from ffint8.train.adam8 import Adam8
 
 
@@ -29,19 +30,21 @@ def run(opt_cls, steps, seed=0, **kw):
     return p.detach(), losses, opt
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("wd", [0.0, 0.01])
-def test_first_steps_match_adam(wd):
-    p8, _, _ = run(Adam8, 1, weight_decay=wd, chunk=256)
+def test_first_steps_match_adam(wd, fused):
+    p8, _, _ = run(Adam8, 1, weight_decay=wd, chunk=256, fused=fused)
     p, _, _ = run(torch.optim.Adam, 1, weight_decay=wd)
     # Adam's first step is lr * sign(g); m and r are stored to 3 mantissa bits
     assert torch.allclose(p8, p, rtol=0.15, atol=1e-6)
-    p8, _, _ = run(Adam8, 5, weight_decay=wd, chunk=256)
+    p8, _, _ = run(Adam8, 5, weight_decay=wd, chunk=256, fused=fused)
     p, _, _ = run(torch.optim.Adam, 5, weight_decay=wd)
     assert (p8 - p).norm() <= 0.1 * p.norm()
 
 
-def test_converges_like_adam():
-    _, l8, _ = run(Adam8, 300)
+@pytest.mark.parametrize("fused", [True, False])
+def test_converges_like_adam(fused):
+    _, l8, _ = run(Adam8, 300, fused=fused)
     _, l32, _ = run(torch.optim.Adam, 300)
     assert l8[-1] < 0.05 * l8[0]
     assert l8[-1] <= 1.5 * l32[-1] + 1e-4
@@ -97,9 +100,10 @@ def test_resume_through_state_dict_is_exact():
     assert torch.equal(p3, p1)
 
 
-def test_no_step_where_the_second_moment_underflows():
+@pytest.mark.parametrize("fused", [True, False])
+def test_no_step_where_the_second_moment_underflows(fused):
     p = torch.nn.Parameter(torch.zeros(256))
-    opt = Adam8([p], lr=0.1)
+    opt = Adam8([p], lr=0.1, fused=fused)
     p.grad = torch.zeros(256)
     p.grad[0], p.grad[1] = 1.0, 1e-7  # g[1]^2 far below 2^-9 of the block's largest, squared
     opt.step()
@@ -116,12 +120,13 @@ def test_bad_arguments():
         Adam8(p, chunk=300)
 
 
-def test_second_moment_decays_under_stochastic_rounding():
+@pytest.mark.parametrize("fused", [True, False])
+def test_second_moment_decays_under_stochastic_rounding(fused):
     # Without stochastic rounding v <- 0.999 v moves less than e4m3's spacing and stays put.
     from ffint8.quant.blockwise import FP8, dequantize_blocks
 
     p = torch.nn.Parameter(torch.zeros(256))
-    opt = Adam8([p], lr=1e-4)
+    opt = Adam8([p], lr=1e-4, fused=fused)
 
     def r():
         s = opt.state[p]
@@ -158,3 +163,41 @@ def test_training_run_with_adam8_resumes_exactly(tmp_path, algo):
     for pa, pb in zip(wa.parameters(), wb.parameters()):
         assert torch.equal(pa, pb)
     assert whole["test_accuracy"] > 0.3  # synthetic data, 10 classes: it learns
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+@pytest.mark.parametrize("n,wd", [(5000, 0.0), (700, 0.01), (256, 0.0)])
+def test_c_kernel_agrees_with_the_pytorch_path(n, wd):
+    # Rounding to nearest, the two paths store the same codes and the same weights, but for the
+    # last bit where the kernel multiplies by 1 / scale where PyTorch divides. Stochastic
+    # rounding draws other noise in each, so it is checked by the statistical tests above.
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(n))
+    b = torch.nn.Parameter(a.detach().clone())
+    oa = Adam8([a], stochastic=False, weight_decay=wd)
+    ob = Adam8([b], stochastic=False, weight_decay=wd, fused=False)
+    for i in range(10):
+        g = torch.randn(n) * 10.0 ** (i % 3 - 1)
+        g[: n // 10] *= 1e-4  # small values in a block of large ones: the subnormal codes
+        a.grad, b.grad = g.clone(), g.clone()
+        oa.step()
+        ob.step()
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    for key in ("m", "r"):
+        same = (oa.state[a][key] == ob.state[b][key]).float().mean()
+        assert same > 0.999, key
+        assert torch.allclose(oa.state[a][f"{key}_scale"], ob.state[b][f"{key}_scale"], rtol=1e-6)
+
+
+def test_c_kernel_runs_when_built():
+    p = torch.nn.Parameter(torch.zeros(300))
+    p.grad = torch.ones(300)
+    called = []
+    real = fastsr.adam8_step
+    try:
+        fastsr.adam8_step = lambda *a, **k: called.append(1) or real(*a, **k)
+        Adam8([p]).step()
+        Adam8([p], fused=False).step()
+    finally:
+        fastsr.adam8_step = real
+    assert called == [1]

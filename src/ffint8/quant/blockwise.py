@@ -54,12 +54,12 @@ def quantize_blocks(x: torch.Tensor, block: int,
 
 # The 256 e4m3 values, indexed by their bit patterns: decoding through this table is about 3x
 # faster on the CPU than PyTorch's float8 -> float32 conversion.
-_E4M3 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).float()
+E4M3_VALUES = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).float()
 
 
 def dequantize_blocks(codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
     """quantize_blocks' inverse: (n,) e4m3 codes and (n / block,) scales -> (n,) float32."""
-    values = _E4M3.index_select(0, codes.view(torch.uint8).int())
+    values = E4M3_VALUES.index_select(0, codes.view(torch.uint8).int())
     return (values.view(-1, block) * scale[:, None]).view(-1)
 
 

@@ -84,6 +84,10 @@ def _library() -> ctypes.CDLL | None:
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
         ctypes.c_uint32, ctypes.c_uint32,
     ]
+    f, i64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
+    lib.ffq_adam8.restype = None
+    lib.ffq_adam8.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr,
+                              f, f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
     return lib
 
 
@@ -134,3 +138,27 @@ def quantize_per_tensor(
             x.data_ptr(), q.data_ptr(), n, 1.0 / scale, key & _MASK32, key >> 32
         )
     return q, torch.tensor(scale, dtype=torch.float32)
+
+
+MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c
+
+
+def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table: torch.Tensor,
+               b1: float, b2: float, step_size: float, root_c2: float, eps: float, wd: float,
+               keys: tuple[int, int, int, int] | None) -> bool:
+    """ffint8.train.adam8's update of one parameter in one fused pass (state: its "m", "m_scale",
+    "r", "r_scale"); keys: four 32-bit keys of the stochastic rounding, None to round to
+    nearest. False (nothing done) where the C kernel is unavailable or does not fit."""
+    lib = _usable(p)
+    if lib is None or _usable(g) is None or block > MAX_ADAM8_BLOCK:
+        return False
+    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"], table)
+    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+        return False
+    k = keys or (0, 0, 0, 0)
+    # scalars rounded to float32 as PyTorch rounds a Python float for a float32 tensor
+    lib.ffq_adam8(p.data_ptr(), g.data_ptr(), p.numel(), state["m"].data_ptr(),
+                  state["m_scale"].data_ptr(), state["r"].data_ptr(), state["r_scale"].data_ptr(),
+                  block, table.data_ptr(), b1, 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd,
+                  int(keys is not None), *k)
+    return True

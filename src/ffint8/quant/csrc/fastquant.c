@@ -62,3 +62,94 @@ void ffq_quantize_stochastic(const float *restrict x, int8_t *restrict q, int64_
         q[i] = (int8_t)(int32_t)clamp127(r);
     }
 }
+
+/* ---- Adam with 8-bit block-wise state (ffint8.train.adam8; ffint8.quant.blockwise is the
+ * reference in PyTorch). Codes are float8 e4m3 bit patterns, one float32 scale per block. ---- */
+
+#define FFQ_MAX_BLOCK 1024
+
+/* No fused multiply-adds from here on: the Adam arithmetic rounds as PyTorch's does, op by op. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+/* The e4m3 code of y (|y| <= 448). stochastic: |y| goes to 3 mantissa bits, up with probability
+ * the dropped fraction (noise uniform in [0, 2^20)), then values below e4m3's normal range
+ * (2^-6) to the nearest subnormal, ties to even: what blockwise.quantize_blocks does with noise.
+ * Otherwise one rounding to nearest, ties to even, as PyTorch's float8 conversion does. */
+static inline uint8_t e4m3_encode(float y, int stochastic, uint32_t noise) {
+    uint32_t bits;
+    memcpy(&bits, &y, sizeof bits);
+    uint32_t sign = (bits >> 24) & 0x80u;
+    if (!(fabsf(y) <= 448.0f)) return (uint8_t)(sign | 0x7fu); /* NaN */
+    if (stochastic) {
+        bits = (bits + noise) & 0xfff00000u;
+    } else if (fabsf(y) >= 0.015625f) {
+        bits = (bits + 0x7ffffu + ((bits >> 20) & 1u)) & 0xfff00000u;
+    }
+    uint32_t mag = bits & 0x7fffffffu;
+    float a;
+    memcpy(&a, &mag, sizeof a);
+    if (a >= 0.015625f) return (uint8_t)(sign | ((mag >> 23) - 120u) << 3 | ((mag >> 20) & 7u));
+    return (uint8_t)(sign | (uint32_t)nearbyintf(a * 512.0f)); /* k * 2^-9; k = 8 is 2^-6 */
+}
+
+static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *restrict scale,
+                       int64_t block, int stochastic, uint32_t k1, uint32_t k2, int64_t offset) {
+    float amax = ffq_absmax(x, block); /* NaN if any is NaN or Inf */
+    float s = amax / 448.0f;
+    if (!(s > 0.0f)) s = 1.0f; /* all zero, or absmax / 448 underflows: store zeros */
+    *scale = s;
+    float inv = 1.0f / s; /* PyTorch divides; this may differ from it in the last bit */
+    for (int64_t i = 0; i < block; i++) {
+        float y = x[i] * inv;
+        y = y < -448.0f ? -448.0f : (y > 448.0f ? 448.0f : y);
+        uint32_t noise = stochastic ? mix32(((uint32_t)(offset + i) ^ k1) * 0x9e3779b9U + k2) >> 12 : 0;
+        codes[i] = e4m3_encode(y, stochastic, noise);
+    }
+}
+
+/* One Adam step of n parameters p with gradient g (L2 weight decay wd added to it), the first
+ * moment m and r = sqrt(v) stored as codes mc, rc (n rounded up to whole blocks) with scales
+ * ms, rs; table: the 256 e4m3 values; w1 = 1 - b1 and w2 = 1 - b2 as the caller rounds them.
+ * The arithmetic follows ffint8.train.adam8's PyTorch path operation by operation (b1 is unused
+ * there too: lerp takes w1). Keys (k1, k2) and (k3, k4): the rounding noise of m and of r. */
+void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *restrict mc,
+               float *restrict ms, uint8_t *restrict rc, float *restrict rs, int64_t block,
+               const float *restrict table, float b1, float w1, float b2, float w2,
+               float step_size, float root_c2, float eps, float wd, int stochastic, uint32_t k1,
+               uint32_t k2, uint32_t k3, uint32_t k4) {
+    (void)b1;
+    float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK], gb[FFQ_MAX_BLOCK], pb[FFQ_MAX_BLOCK];
+    float inv_root_c2 = 1.0f / root_c2;
+    for (int64_t o = 0; o < n; o += block) {
+        int64_t len = n - o < block ? n - o : block;
+        int64_t b = o / block;
+        /* this block's gradient (decay added) and parameters; the padding past n is 0 */
+        for (int64_t i = 0; i < block; i++) {
+            pb[i] = i < len ? p[o + i] : 0.0f;
+            gb[i] = i < len ? g[o + i] : 0.0f;
+        }
+        if (wd != 0.0f)
+            for (int64_t i = 0; i < block; i++) gb[i] = gb[i] + wd * pb[i];
+        float msc = ms[b], rsc = rs[b];
+        for (int64_t i = 0; i < block; i++) {
+            m[i] = table[mc[o + i]] * msc;
+            r[i] = table[rc[o + i]] * rsc;
+        }
+        for (int64_t i = 0; i < block; i++) {
+            float gi = gb[i];
+            float mi = m[i] + w1 * (gi - m[i]);              /* lerp_ with weight w1 = 1 - b1 */
+            float ri = sqrtf(r[i] * r[i] * b2 + w2 * gi * gi); /* square_, mul_, addcmul_ */
+            float upd = mi / (ri * inv_root_c2 + eps);
+            pb[i] = ri > 0.0f ? pb[i] + (-step_size) * upd : pb[i];
+            m[i] = mi;
+            r[i] = ri;
+        }
+        for (int64_t i = 0; i < len; i++) p[o + i] = pb[i];
+        e4m3_store(m, mc + o, ms + b, block, stochastic, k1, k2, o);
+        e4m3_store(r, rc + o, rs + b, block, stochastic, k3, k4, o);
+    }
+}
