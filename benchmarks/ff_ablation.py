@@ -52,6 +52,7 @@ LEVERS: dict[str, list[str]] = {
     "skip-first": ["--predict-units", "skip-first"],  # prediction only: see RESCORED
     "default+skip-first": ["--predict-units", "skip-first"],
     "default+peer": ["--peer-weight", "0.03"],
+    "default+adam8": ["--optimizer", "adam8"],  # memory: Adam's state in 8 bits
     "3x1000": ["--hidden", "1000,1000,1000"],
     "4x2000": ["--hidden", "2000,2000,2000,2000"],
 }
