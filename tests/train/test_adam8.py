@@ -189,6 +189,22 @@ def test_c_kernel_agrees_with_the_pytorch_path(n, wd):
         assert torch.allclose(oa.state[a][f"{key}_scale"], ob.state[b][f"{key}_scale"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_tiny_gradients_store_no_nan(fused):
+    # m = 0.1 g is subnormal and its block's absmax / 448 too: 1 / scale would be Inf, and the
+    # block's zeros (the padding past 300) NaN. Both paths diverged so within 700 steps of FF.
+    p = torch.nn.Parameter(torch.zeros(300))
+    opt = Adam8([p], fused=fused)
+    for _ in range(3):
+        p.grad = torch.full((300,), 1e-40)
+        opt.step()
+    state = opt.state[p]
+    for key in ("m", "r"):
+        codes = state[key]
+        assert not ((codes == 0x7F) | (codes == 0xFF)).any(), key  # e4m3's NaN patterns
+    assert torch.isfinite(p).all()
+
+
 def test_c_kernel_runs_when_built():
     p = torch.nn.Parameter(torch.zeros(300))
     p.grad = torch.ones(300)

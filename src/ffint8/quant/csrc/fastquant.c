@@ -102,9 +102,8 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
     float s = amax / 448.0f;
     if (!(s > 0.0f)) s = 1.0f; /* all zero, or absmax / 448 underflows: store zeros */
     *scale = s;
-    float inv = 1.0f / s; /* PyTorch divides; this may differ from it in the last bit */
     for (int64_t i = 0; i < block; i++) {
-        float y = x[i] * inv;
+        float y = x[i] / s; /* not x * (1 / s): for a subnormal s, 1 / s is Inf and 0 * Inf NaN */
         y = y < -448.0f ? -448.0f : (y > 448.0f ? 448.0f : y);
         uint32_t noise = stochastic ? mix32(((uint32_t)(offset + i) ^ k1) * 0x9e3779b9U + k2) >> 12 : 0;
         codes[i] = e4m3_encode(y, stochastic, noise);
