@@ -55,10 +55,8 @@ class Adam8(torch.optim.Optimizer):
         self.stochastic = stochastic  # False: the state rounds to nearest (tests compare paths)
         self.fused = fused  # the C kernel where it is built (ffint8.quant.fastsr); else PyTorch
         self.generator = torch.Generator().manual_seed(seed)  # stochastic rounding of the state
-        # Drawing fresh noise costs more than the rest of the update (13 ns a value here). Each
-        # chunk reads a window at a random offset of one table of 2 * chunk draws instead: a
-        # value sees independent noise from step to step unless two offsets coincide.
-        self.noise = stochastic_noise(2 * chunk, self.generator)
+        self._seed = seed
+        self._noise: torch.Tensor | None = None  # the PyTorch path's noise table, made on use
 
     def _init_state(self, p: torch.Tensor) -> dict:
         n = -(-p.numel() // self.block) * self.block  # padded to whole blocks
@@ -117,10 +115,21 @@ class Adam8(torch.optim.Optimizer):
                 noise = None
                 if self.stochastic:
                     at = int(torch.randint(0, self.chunk + 1, (), generator=self.generator))
-                    noise = self.noise[at : at + len(x)]
+                    noise = self._noise_table()[at : at + len(x)]
                 q, scale = quantize_blocks(x, bs, noise)
                 state[key][codes] = q.view(torch.uint8)
                 state[f"{key}_scale"][blocks] = scale
+
+    def _noise_table(self) -> torch.Tensor:
+        """Drawing fresh noise costs more than the rest of the PyTorch update (13 ns a value
+        here). Each chunk reads a window at a random offset of one table of 2 * chunk draws
+        instead: a value sees independent noise from step to step unless two offsets coincide.
+        The table comes from its own generator (seeded from the seed), so a resumed run makes
+        the same one; the C kernel hashes instead and never makes it (512 KB at the default chunk)."""
+        if self._noise is None:
+            g = torch.Generator().manual_seed(self._seed ^ 0x5EED)
+            self._noise = stochastic_noise(2 * self.chunk, g)
+        return self._noise
 
     def state_dict(self) -> dict:
         d = super().state_dict()
