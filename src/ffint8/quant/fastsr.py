@@ -87,7 +87,7 @@ def _library() -> ctypes.CDLL | None:
     f, i64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
     lib.ffq_adam8.restype = None
     lib.ffq_adam8.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr,
-                              f, f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
+                              f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
     return lib
 
 
@@ -159,6 +159,6 @@ def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table:
     # scalars rounded to float32 as PyTorch rounds a Python float for a float32 tensor
     lib.ffq_adam8(p.data_ptr(), g.data_ptr(), p.numel(), state["m"].data_ptr(),
                   state["m_scale"].data_ptr(), state["r"].data_ptr(), state["r_scale"].data_ptr(),
-                  block, table.data_ptr(), b1, 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd,
+                  block, table.data_ptr(), 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd,
                   int(keys is not None), *k)
     return True

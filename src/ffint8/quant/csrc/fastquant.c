@@ -113,14 +113,13 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
 /* One Adam step of n parameters p with gradient g (L2 weight decay wd added to it), the first
  * moment m and r = sqrt(v) stored as codes mc, rc (n rounded up to whole blocks) with scales
  * ms, rs; table: the 256 e4m3 values; w1 = 1 - b1 and w2 = 1 - b2 as the caller rounds them.
- * The arithmetic follows ffint8.train.adam8's PyTorch path operation by operation (b1 is unused
- * there too: lerp takes w1). Keys (k1, k2) and (k3, k4): the rounding noise of m and of r. */
+ * The arithmetic follows ffint8.train.adam8's PyTorch path operation by operation (lerp takes
+ * w1, not b1). Keys (k1, k2) and (k3, k4): the rounding noise of m and of r. */
 void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *restrict mc,
                float *restrict ms, uint8_t *restrict rc, float *restrict rs, int64_t block,
-               const float *restrict table, float b1, float w1, float b2, float w2,
-               float step_size, float root_c2, float eps, float wd, int stochastic, uint32_t k1,
-               uint32_t k2, uint32_t k3, uint32_t k4) {
-    (void)b1;
+               const float *restrict table, float w1, float b2, float w2, float step_size,
+               float root_c2, float eps, float wd, int stochastic, uint32_t k1, uint32_t k2,
+               uint32_t k3, uint32_t k4) {
     float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK], gb[FFQ_MAX_BLOCK], pb[FFQ_MAX_BLOCK];
     float inv_root_c2 = 1.0f / root_c2;
     for (int64_t o = 0; o < n; o += block) {
