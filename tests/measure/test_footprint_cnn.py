@@ -30,8 +30,9 @@ def test_hand_count_ff():
     # per sample, float32: stem: its input 16 (the conv's), BN input 32, ReLU output 32 (= the
     # unit's output, kept by the goodness too); block: input 32, BN input 32, ReLU output 32
     # (= conv2's input), BN input 32, output 32. 102 parameters, Adam. 2 rows; the input batch 2*16.
+    # Gradients: the per-unit update holds the larger unit's only, the block's 2 * 36 + 2 * 4.
     fp = conv_footprint("ff-fp32", tiny_layers(), 1, in_features=16, kept="code")
-    assert (fp.parameters, fp.gradients, fp.optimizer) == (408, 408, 816)
+    assert (fp.parameters, fp.gradients, fp.optimizer) == (408, 80 * 4, 816)
     assert fp.activations == 2 * 4 * (80 + 160) + 2 * 16 * 4 and fp.weight_copies == 0
     # int8: every conv keeps an int8 copy of its input (16; 32 and 32) and of its weight (18 +
     # 36 + 36); the float tensors stay

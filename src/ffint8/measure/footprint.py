@@ -3,8 +3,8 @@
 Bytes of parameters (float32 master copy), gradients, optimiser state (Adam: 2 floats per
 parameter; SGD with momentum: 1; adam8: 2 bytes and a float32 scale per 256) and what each
 algorithm keeps between its forward pass and its update, read off the code. Gradients are float32
-for every parameter at once, except FF on dense units, which steps each unit as soon as its
-gradients are final (ffint8.train.loop's per-unit update): the largest unit's only.
+for every parameter at once for backprop; FF steps each unit as soon as its gradients are final
+(ffint8.train.loop's per-unit update), so the largest unit's only.
 
 - ff-int8 / ff-fp32 (ffint8.train.ff, nn.dense): all units' DenseRecords live until the last
   unit is updated. Per unit, for 2B rows: its input normalised (int8 on the INT8 path, float32
@@ -208,6 +208,8 @@ def conv_footprint(algo: str, layers: Sequence, batch_size: int, in_features: in
     else:
         act, weights = _ff_conv_kept(layers, 2 * batch_size, int8, kept, look_ahead, chain_depth)
         act += 2 * batch_size * in_features * F32
+        return _footprint(sum(layer.params for layer in layers), optimizer, act, weights,
+                          grad_params=max(layer.params for layer in layers))  # per-unit update
     return _footprint(sum(layer.params for layer in layers), optimizer, act, weights)
 
 

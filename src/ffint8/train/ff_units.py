@@ -18,7 +18,7 @@ int32; norms, activations and the squeeze-excitation gates stay in float32.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -63,9 +63,15 @@ def forward_units(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig,
 
 
 def ff_gradients(units: Sequence[nn.Module], x: torch.Tensor, t: torch.Tensor, cfg: FFConfig,
-                 lam: float, seeds: SeedStream) -> torch.Tensor:
+                 lam: float, seeds: SeedStream,
+                 on_unit: Callable[[int], None] | None = None) -> torch.Tensor:
     """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
-    return each unit's loss as its objective defines it: (L,), detached."""
+    return each unit's loss as its objective defines it: (L,), detached.
+
+    on_unit(l), as in ffint8.train.ff.gradients_from_records, is called from the last unit down
+    as soon as unit l's .grad is final and no later backward needs its parameters (chain: after
+    the signals through unit l are out), so a per-unit update may step and free them there.
+    Without it, none and collab take all units' gradients in one backward pass."""
     n_units = len(units)
     chain = cfg.look_ahead == "chain" and lam != 0.0
     ins, ys = forward_units(units, x, cfg, seeds, connect=chain)
@@ -80,8 +86,14 @@ def ff_gradients(units: Sequence[nn.Module], x: torch.Tensor, t: torch.Tensor, c
                   for loss, y in zip(losses, ys)]
     params = [list(u.parameters()) for u in units]
     if not chain:  # inputs detached: each loss reaches its own unit's parameters only
-        flat = [p for ps in params for p in ps]
-        _set_grads(flat, torch.autograd.grad(torch.stack(losses).sum(), flat, allow_unused=True))
+        if on_unit is None:
+            flat = [p for ps in params for p in ps]
+            _set_grads(flat, torch.autograd.grad(torch.stack(losses).sum(), flat,
+                                                 allow_unused=True))
+        else:  # one backward per unit, each over its own graph
+            for l in range(n_units - 1, -1, -1):
+                _set_grads(params[l], torch.autograd.grad(losses[l], params[l], allow_unused=True))
+                on_unit(l)
         return torch.stack(losses).detach()
 
     depth = n_units if cfg.chain_depth is None else cfg.chain_depth
@@ -107,6 +119,10 @@ def ff_gradients(units: Sequence[nn.Module], x: torch.Tensor, t: torch.Tensor, c
             last = i == len(keys) - 1
             with input_grads_only():  # the int8 convs' g_W would be thrown away here
                 signals[key] = torch.autograd.grad(y, ins[l], live[key], retain_graph=not last)[0]
+        # Only now: these backward passes read the unit's parameters (stepping earlier changes
+        # the signals, and autograd raises no error: tested).
+        if on_unit is not None:
+            on_unit(l)
     return torch.stack(losses).detach()
 
 

@@ -104,10 +104,10 @@ class FFTrainer:
             raise ConfigError(f"--predict softmax needs a model built with a readout; "
                               f"{self.cfg.model!r} was built without one")
         self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
-        # Dense units step one at a time, as soon as their gradients are final, so only one
-        # unit's gradients are alive (the same update: the optimisers here are elementwise).
+        # Units step one at a time, as soon as their gradients are final, so only one unit's
+        # gradients are alive (the same update: the optimisers here are elementwise).
         # Data-parallel training averages all gradients first, so it steps them together.
-        self.per_unit_update = self.dense and self.parallel is None
+        self.per_unit_update = self.parallel is None
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling, negatives
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
 
@@ -173,11 +173,11 @@ class FFTrainer:
             elif ff.negatives == "hard":  # goodness prediction: one forward per label
                 neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
             x, t = self._batch(xb, yb, neg)
+            step_fn = ff_gradients if self.dense else ff_units.ff_gradients
             if self.per_unit_update:
-                losses = ff_gradients(units, x, t, ff, lam, self.seeds,
-                                      on_unit=lambda l: self._step_unit(l, unit))
+                losses = step_fn(units, x, t, ff, lam, self.seeds,
+                                 on_unit=lambda l: self._step_unit(l, unit))
             else:
-                step_fn = ff_gradients if self.dense else ff_units.ff_gradients
                 losses = step_fn(units, x, t, ff, lam, self.seeds)
             if self.parallel is not None:  # the global batch's gradients and losses, all ranks
                 losses = self.parallel.reduce(self.model, losses, xb.shape[0])
