@@ -42,7 +42,8 @@ LEVERS: dict[str, list[str]] = {
     "softmax+hard": ["--predict", "softmax", "--negatives", "hard"],
     "cooldown": ["--lr-schedule", "cooldown"],
     "cosine": ["--lr-schedule", "cosine"],
-    "weight-decay": ["--weight-decay", "1e-5"],
+    "weight-decay": ["--weight-decay", "1e-5"],  # Adam's L2 term
+    "adamw": ["--optimizer", "adamw", "--weight-decay", "0.01"],  # decoupled, AdamW's usual 0.01
     "peer": ["--peer-weight", "0.03"],
     "symba": ["--loss", "symba"],
     "collab-0.05": ["--look-ahead", "collab", "--lambda-step", "0.05"],

@@ -103,7 +103,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--optimizer", default=d.optimizer,
                    help=f"one of {', '.join(OPTIMIZERS)} (adam8: Adam with its two moments "
-                        "stored in 8 bits, a quarter of Adam's state memory)")
+                        "stored in 8 bits, a quarter of Adam's state memory; adamw: Adam with "
+                        "--weight-decay decoupled from the gradient)")
     g.add_argument("--lr-schedule", default=d.lr_schedule,
                    help=f"one of {', '.join(LR_SCHEDULES)} (cooldown: linear to 0 in the 2nd half)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -84,6 +84,8 @@ def test_epoch_counts_the_last_short_batch():
 def test_optimizer_and_weight_decay():
     assert optimizer_ops(10, "sgd") == OpCounts(fp32_mul=20, fp32_add=20)
     assert optimizer_ops(10, "adam", weight_decay=0.1) == OpCounts(fp32_mul=90, fp32_add=50)
+    # AdamW decays with one multiply by the step's factor (1 - lr * wd): no add per parameter
+    assert optimizer_ops(10, "adamw", weight_decay=0.1) == OpCounts(fp32_mul=90, fp32_add=40)
     with pytest.raises(ConfigError, match="optimizer"):
         optimizer_ops(10, "lion")
 

@@ -7,7 +7,7 @@ from ffint8.data import load_dataset, to_float_images
 from ffint8.errors import DivergenceError
 from ffint8.models import create_model
 from ffint8.train.config import FFConfig, TrainConfig
-from ffint8.train.loop import FFTrainer
+from ffint8.train.loop import FFTrainer, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,20 @@ def test_trainer_applies_the_schedule(data):
     tr.train_epoch(x, y)
     # 8 steps an epoch: the last step sits at progress (1 + 7/8) / 2 = 15/16, so lr * 2 / 16
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 8)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_weight_decay_coupled_or_decoupled(optimizer):
+    """A weight whose gradient is zero: AdamW shrinks it by exactly 1 - lr * wd a step; Adam's
+    L2 term becomes its gradient, which Adam's normalisation turns into a step of about lr."""
+    cfg = TrainConfig(optimizer=optimizer, lr=0.01, weight_decay=0.1)
+    w = torch.nn.Parameter(torch.full((4,), 0.5))
+    opt = make_optimizer([w], cfg)
+    w.grad = torch.zeros(4)
+    opt.step()
+    if optimizer == "adamw":
+        assert isinstance(opt, torch.optim.AdamW)
+        torch.testing.assert_close(w.detach(), torch.full((4,), 0.5 * (1 - 0.01 * 0.1)))
+    else:
+        assert not isinstance(opt, torch.optim.AdamW)
+        torch.testing.assert_close(w.detach(), torch.full((4,), 0.5 - 0.01), atol=1e-6, rtol=0)

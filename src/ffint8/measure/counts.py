@@ -27,7 +27,7 @@ ALL_ALGOS = FF_ALGOS + BP_ALGOS
 # Adam8 (8-bit state): Adam's, plus dequantising m and r (2 multiplies), r^2 (1) and re-storing
 # both (2 divides, counted as multiplies); absmax searches and the integer adds of stochastic
 # rounding are left out.
-OPTIMIZER_OPS = {"adam": (8, 4), "sgd": (2, 2), "adam8": (13, 4)}
+OPTIMIZER_OPS = {"adam": (8, 4), "sgd": (2, 2), "adam8": (13, 4), "adamw": (8, 4)}
 # The clip searches of bp-ui8 and bp-gdai8 (ffint8.bp.clip.search_ratio): every `period` steps,
 # a grid of `grid` clip ratios, 2 golden-section starts and `refine` steps: one evaluation each.
 BP_SEARCH_DEFAULTS = (100, 24, 16)  # BPConfig's search_period, search_grid, search_refine
@@ -197,8 +197,8 @@ def optimizer_ops(n_params: int, optimizer: str = "adam", weight_decay: float = 
     if optimizer not in OPTIMIZER_OPS:
         raise ConfigError(f"invalid optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_OPS)}")
     mul, add = OPTIMIZER_OPS[optimizer]
-    if weight_decay:
-        mul, add = mul + 1, add + 1  # g + wd * p
+    if weight_decay:  # g + wd * p; adamw: p * (1 - lr * wd), the factor once per step
+        mul, add = mul + 1, add + (0 if optimizer == "adamw" else 1)
     return fp32(mul * n_params, add * n_params)
 
 

@@ -47,7 +47,8 @@ from ffint8.measure.opcount import ALL_ALGOS, BP_ALGOS, INT8_ALGOS, Dense, mlp_l
 
 F32 = 4
 I8 = 1
-OPTIMIZER_STATE = {"adam": 2 * F32, "sgd": F32, "adam8": 2 * (I8 + F32 / 256)}  # bytes per parameter
+# bytes of optimiser state per parameter
+OPTIMIZER_STATE = {"adam": 2 * F32, "adamw": 2 * F32, "sgd": F32, "adam8": 2 * (I8 + F32 / 256)}
 
 
 @dataclass(frozen=True)

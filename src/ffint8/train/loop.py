@@ -75,12 +75,15 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         from ffint8.train.adam8 import Adam8
 
         return Adam8(params, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed)
-    # fused Adam: one kernel over all parameters, several times faster than the for-each loop
-    # at FF's small batches, where the optimiser weighs as much as the GEMMs.
+    # adamw: weight decay decoupled from the gradient (p *= 1 - lr * wd), not Adam's L2 term,
+    # which Adam's normalisation turns into a full-size step for weights with small gradients.
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    # fused: one kernel over all parameters, several times faster than the for-each loop at
+    # FF's small batches, where the optimiser weighs as much as the GEMMs.
     try:
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @dataclass
