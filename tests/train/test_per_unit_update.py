@@ -99,16 +99,6 @@ def test_data_parallel_steps_together():
     assert not tr.per_unit_update
 
 
-@pytest.fixture
-def one_thread():
-    """oneDNN's int8 convolutions sum their float32 output in a thread-dependent order, so the
-    INT8 CNN path is bit-reproducible with one thread only."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cnn_trainer(per_unit: bool, algo: str, look: str, schedule="simultaneous") -> FFTrainer:
     cfg = TrainConfig(model="resnet18", batch_size=8, lr=0.01, seed=3, epochs=2,
                       ff=FFConfig(algo=algo, look_ahead=look, lambda_start=0.1, schedule=schedule))
@@ -121,7 +111,7 @@ def cnn_trainer(per_unit: bool, algo: str, look: str, schedule="simultaneous") -
 
 @pytest.mark.parametrize("algo,look", [("ff-int8", "none"), ("ff-fp32", "none"), ("ff-int8", "collab"),
                                        ("ff-int8", "chain"), ("ff-fp32", "chain")])
-def test_cnn_units_same_weights_as_stepping_together(one_thread, algo, look):
+def test_cnn_units_same_weights_as_stepping_together(algo, look):
     """Convolutional units (autograd unit by unit) step one at a time: the same weights. Chain
     steps a unit only after its signals are passed down, as their backward reads the unit's
     parameters (stepping before them changes the weights, silently: checked)."""

@@ -19,6 +19,8 @@ Kernels (all exact; they differ in speed and where they run):
   strided input), or im2col and oneDNN's int8 GEMM where the patch matrix is small (1x1, stem);
   the input gradient a stride-1 convolution of the zero-interleaved g with the flipped,
   transposed weight. The weight is packed on every call: it changes every training step.
+  A strided 1x1 forward runs at stride 1 on a strided copy of the input: oneDNN's own strided
+  1x1 kernel returned wrong sums with two threads (8 and 24 input channels, torch 2.13, AVX2).
   Results come back as float32, exact below 2^24, so the exact form splits reductions into
   pieces of at most FLOAT_EXACT_K terms; the scaled form makes one call (per term) and lets
   oneDNN apply the scales.
@@ -269,7 +271,16 @@ def _onednn(act: torch.Tensor, w: torch.Tensor, conv: tuple | None,
 
 
 def _onednn_forward(x, w, spec, dtype=None, x_scale=1.0, w_scales=None):
-    return _onednn(x, w, (spec.stride, spec.padding, (1, 1), spec.groups), x_scale, w_scales, dtype)
+    stride, padding = spec.stride, spec.padding
+    if w.shape[2:] == (1, 1) and stride != (1, 1):
+        # oneDNN's strided 1x1 u8s8 convolution (torch 2.13, AVX2) returns wrong sums with more
+        # than one thread for some channel counts (8 and 24 measured; 16, 32, 64 right): the
+        # stride is taken here instead (an NCHW copy of every s-th row and column, as fast as
+        # oneDNN's own path) and the convolution runs at stride 1.
+        ho, wo = spec.out_size(*x.shape[2:], 1, 1)
+        x = _pad(x, spec)[:, :, :: stride[0], :: stride[1]][:, :, :ho, :wo].contiguous()
+        stride, padding = (1, 1), (0, 0)
+    return _onednn(x, w, (stride, padding, (1, 1), spec.groups), x_scale, w_scales, dtype)
 
 
 def _onednn_weight(x, g, w_shape, spec, dtype=None, x_scale=1.0, g_scales=None):
