@@ -33,6 +33,7 @@ CASES = [
     (2, 2, 5, 6, 3, 1, 2, 1, 1),  # 1x1 with padding: output borders see only zeros
     (1, 8, 10, 9, 4, 3, 2, 2, 2),
     (2, 2, 7, 6, 20, 3, 2, 1, 1),  # C*k*k <= O, like a stem: oneDNN's weight grad is a GEMM
+    (4, 2, 1, 1, 8, 1, 1, 0, 1),  # squeeze-excitation: 1x1 on pooled features, a strided g view
 ]
 
 

@@ -208,8 +208,9 @@ def _qconv(act: torch.Tensor, zp: int, w: torch.Tensor, stride, padding, dilatio
     zeros = torch.zeros(w.shape[0], dtype=torch.int64)
     packed = None if packs is None else packs.get(zp)
     if packed is None:
-        packed = torch.ops.onednn.qconv_prepack(w, w_scales, act_scale, zp, stride, padding,
-                                                dilation, groups, None)
+        # prepack reads w's storage as if it were contiguous, whatever its strides
+        packed = torch.ops.onednn.qconv_prepack(w.contiguous(), w_scales, act_scale, zp, stride,
+                                                padding, dilation, groups, None)
         if packs is not None:
             packs[zp] = packed
     if not (act.is_contiguous() or act.is_contiguous(memory_format=torch.channels_last)):
@@ -241,7 +242,8 @@ def _qlinear(act: torch.Tensor, zp: int, w: torch.Tensor, act_scale: float,
     """act u8 (M, K) (zero point zp) times w s8 (O, K) transposed -> float32 (M, O)."""
     packed = None if packs is None else packs.get("linear")
     if packed is None:
-        packed = torch.ops.onednn.qlinear_prepack(w, None)  # does not depend on zp
+        # does not depend on zp; reads w's storage as if it were contiguous, whatever its strides
+        packed = torch.ops.onednn.qlinear_prepack(w.contiguous(), None)
         if packs is not None:
             packs["linear"] = packed
     zeros = torch.zeros(w.shape[0], dtype=torch.int64)
