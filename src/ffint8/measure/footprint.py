@@ -108,11 +108,14 @@ def _check(algo: str, optimizer: str, kept: str) -> None:
         raise ConfigError(f"invalid kept {kept!r}; choose one of: code, minimal")
 
 
-def _footprint(n_params: int, optimizer: str, activations: int, weight_copies: int,
-               grad_params: int | None = None) -> Footprint:
-    """grad_params: parameters whose gradients are alive at once (default all)."""
-    return Footprint(parameters=n_params * F32,
-                     gradients=(n_params if grad_params is None else grad_params) * F32,
+def _footprint(layers: Sequence, algo: str, optimizer: str, activations: int,
+               weight_copies: int) -> Footprint:
+    """Gradients alive at once: backprop's of every layer; FF's of its largest unit only (the
+    per-unit update)."""
+    sizes = [layer.params for layer in layers]
+    n_params = sum(sizes)
+    grad_params = n_params if algo in BP_ALGOS else max(sizes)
+    return Footprint(parameters=n_params * F32, gradients=grad_params * F32,
                      optimizer=round(n_params * OPTIMIZER_STATE[optimizer]), activations=activations,
                      weight_copies=weight_copies)
 
@@ -128,10 +131,9 @@ def footprint(algo: str, in_features: int, hidden: Sequence[int], batch_size: in
     layers = mlp_layers(in_features, hidden, num_classes if bp else None)
     if bp:
         act, weights = _bp_kept(layers, batch_size, algo)
-        return _footprint(sum(layer.params for layer in layers), optimizer, act, weights)
-    act, weights = _ff_kept(layers, batch_size, algo == "ff-int8", kept)
-    return _footprint(sum(layer.params for layer in layers), optimizer, act, weights,
-                      grad_params=max(layer.params for layer in layers))  # per-unit update
+    else:
+        act, weights = _ff_kept(layers, batch_size, algo == "ff-int8", kept)
+    return _footprint(layers, algo, optimizer, act, weights)
 
 
 def saved_bytes(saved: list[Saved], rows: int, int8: bool) -> int:
@@ -209,9 +211,7 @@ def conv_footprint(algo: str, layers: Sequence, batch_size: int, in_features: in
     else:
         act, weights = _ff_conv_kept(layers, 2 * batch_size, int8, kept, look_ahead, chain_depth)
         act += 2 * batch_size * in_features * F32
-        return _footprint(sum(layer.params for layer in layers), optimizer, act, weights,
-                          grad_params=max(layer.params for layer in layers))  # per-unit update
-    return _footprint(sum(layer.params for layer in layers), optimizer, act, weights)
+    return _footprint(layers, algo, optimizer, act, weights)
 
 
 def run_footprint(cfg, in_features: int, num_classes: int, kept: str = "code",
