@@ -14,3 +14,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Run a test with two threads, as training runs, restoring the thread count afterwards: some
+    oneDNN kernels were wrong only with more than one (tests/quant/test_conv*.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)

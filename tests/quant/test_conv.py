@@ -233,20 +233,16 @@ def test_input_grad_bound_counts_minus_128():
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_strided_1x1_exact_with_two_threads(kernel):
+def test_strided_1x1_exact_with_two_threads(two_torch_threads, kernel):
     """Two threads, as training runs: oneDNN's own strided 1x1 u8s8 convolution returned wrong
     sums there for 8 and 24 input channels (this CPU, torch 2.13); the forward now takes the
     stride itself. Repeated, as the wrong sums came from a thread race."""
+    assert torch.get_num_threads() == 2
     gen = torch.Generator().manual_seed(11)
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        for c, hw, o in [(8, 28, 32), (24, 14, 16)]:
-            x = rand_i8((8, c, hw, hw), gen, 0, 127)  # non-negative: one oneDNN call
-            w = rand_i8((o, c, 1, 1), gen)
-            spec = ConvSpec(2, 0)
-            want = F.conv2d(x.double(), w.double(), stride=2)
-            for _ in range(3):
-                assert torch.equal(int8_conv2d(x, w, spec, kernel).double(), want), (c, hw, o)
-    finally:
-        torch.set_num_threads(n)
+    for c, hw, o in [(8, 28, 32), (24, 14, 16)]:
+        x = rand_i8((16, c, hw, hw), gen, 0, 127)  # non-negative: one oneDNN call
+        w = rand_i8((o, c, 1, 1), gen)
+        spec = ConvSpec(2, 0)
+        want = F.conv2d(x.double(), w.double(), stride=2)
+        for _ in range(5):
+            assert torch.equal(int8_conv2d(x, w, spec, kernel).double(), want), (c, hw, o)

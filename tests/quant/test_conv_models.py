@@ -28,15 +28,7 @@ def spec_of(kernel, in_size, out_size, stride, groups) -> ConvSpec:
     return ConvSpec(stride, pad, groups)
 
 
-@pytest.fixture
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_every_model_conv_shape_exact(two_threads):
+def test_every_model_conv_shape_exact(two_torch_threads):
     shapes = model_conv_shapes()
     assert len(shapes) > 50
     gen = torch.Generator().manual_seed(0)
