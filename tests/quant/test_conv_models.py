@@ -3,7 +3,6 @@ uses ("auto"), with two threads as training runs: oneDNN has returned wrong sums
 small random cases do not reach (a strided 1x1 forward with 8 or 24 input channels and two
 threads; the weight gradient of a 1x1 conv on a 1x1 map)."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
