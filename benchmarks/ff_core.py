@@ -3,6 +3,7 @@
     python benchmarks/ff_core.py accuracy [--epochs 10] [--looks none,collab,chain]
     python benchmarks/ff_core.py speed [--batch-sizes 32,256] [--rounds 3] [--limit-train 8000]
     python benchmarks/ff_core.py gemm [--batch-size 32]
+    python benchmarks/ff_core.py predict [--rounds 5] [--limit-test 5000]
     python benchmarks/ff_core.py smoke
 
 accuracy: full Fashion-MNIST; for each look-ahead mode trains ff-int8 and ff-fp32 with the same
@@ -10,6 +11,8 @@ accuracy: full Fashion-MNIST; for each look-ahead mode trains ff-int8 and ff-fp3
 speed:    ff-int8 and ff-fp32 trainers on the same data, epochs run alternately in one process
           (so machine noise hits both alike); prints seconds per epoch and the int8/fp32 ratio.
 gemm:     each int8 kernel against float32 on the MLP's GEMM shapes (alternating).
+predict:  goodness prediction of the test set (every label scored), the first unit's product
+          with the image shared by all labels against forwarding every embedded row, alternating.
 smoke:    wall time of `ffint8 train --epochs 1 --limit-train 5000` in a fresh process.
 """
 
@@ -116,6 +119,47 @@ def gemm(args: argparse.Namespace) -> None:
                            for key in ("int_mm", "float-exact")), flush=True)
 
 
+def predict(args: argparse.Namespace) -> None:
+    """Goodness prediction as predict_scores does it (the first unit shares the image's product
+    across labels) against the C * B embedded rows through every unit, alternating rounds."""
+    from ffint8.data import embed_label
+    from ffint8.nn import functional as FF
+    from ffint8.train.ff import forward_records
+
+    data = load_dataset("fashion-mnist", limit_train=1, limit_test=args.limit_test)
+    x = to_float_images(data.test.images)
+    torch.set_num_threads(args.threads)
+    bs, c = TrainConfig.eval_batch_size, 10
+    print(f"{x.shape[0]} test images, batch {bs}, {args.threads} threads, MLP 784-1000-1000")
+    for algo in ("ff-int8", "ff-fp32"):
+        cfg = TrainConfig(seed=0, ff=FFConfig(algo=algo))
+        torch.manual_seed(0)
+        tr = FFTrainer(create_model("mlp"), cfg, c)
+
+        @torch.no_grad()
+        def every_row(xb, ff=cfg.ff, tr=tr):
+            xs = embed_label(xb.repeat(c, 1), torch.arange(c).repeat_interleave(xb.shape[0]), c)
+            recs = forward_records(tr.units, xs, ff, seeds=None)
+            return sum(FF.goodness(r.y, ff.goodness) for r in recs).reshape(c, -1).t()
+
+        runs = {"shared": tr.predict_scores, "every row": every_row}
+        times = {k: [] for k in runs}
+        agree = 0.0
+        for _ in range(args.rounds):
+            for key, fn in runs.items():
+                start = time.perf_counter()
+                preds = torch.cat([fn(x[i : i + bs]).argmax(1) for i in range(0, len(x), bs)])
+                times[key].append(time.perf_counter() - start)
+                if key == "shared":
+                    shared = preds
+                else:
+                    agree = float((preds == shared).float().mean())
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"{algo}: shared {med['shared']:.2f}s, every row {med['every row']:.2f}s, ratio "
+              f"{med['shared'] / med['every row']:.2f} (medians of {args.rounds}); "
+              f"same prediction on {100 * agree:.2f}% of images", flush=True)
+
+
 def smoke(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "ffint8", "train", "--epochs", "1", "--limit-train", "5000",
@@ -149,9 +193,14 @@ def main() -> None:
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--rounds", type=int, default=5)
     g.add_argument("--reps", type=int, default=5)
+    r = sub.add_parser("predict")
+    r.add_argument("--rounds", type=int, default=5)
+    r.add_argument("--limit-test", type=int, default=5000)
+    r.add_argument("--threads", type=int, default=1)
     sub.add_parser("smoke")
     args = p.parse_args()
-    {"accuracy": accuracy, "speed": speed, "gemm": gemm, "smoke": smoke}[args.cmd](args)
+    {"accuracy": accuracy, "speed": speed, "gemm": gemm, "predict": predict,
+     "smoke": smoke}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The FF dense unit: float and INT8 forwards agree; the INT8 record keeps int8 tensors."""
 
+import pytest
 import torch
 
+from ffint8.data import embed_label
 from ffint8.nn.dense import FFDense
 
 
@@ -41,3 +43,42 @@ def test_int8_inference_does_not_depend_on_the_batch():
     together = unit.forward_record(h, int8=True, seed=None).y
     alone = torch.cat([unit.forward_record(h[i : i + 1], int8=True, seed=None).y for i in range(8)])
     assert torch.equal(together, alone)
+
+
+def _embedded_each_label(x: torch.Tensor, c: int) -> torch.Tensor:
+    """The C * B rows predict used to forward: x with label 0 embedded, then label 1, ..."""
+    return embed_label(x.repeat(c, 1), torch.arange(c).repeat_interleave(x.shape[0]), c)
+
+
+@pytest.mark.parametrize("weight_channel", [False, True])
+@pytest.mark.parametrize("norm", ["rms", "l2"])
+def test_each_label_int8_equals_the_embedded_rows(norm, weight_channel):
+    # Pixels in quarters: every row's sum of squares is exact in float32, so the norm (and the
+    # per-row int8 scale) of the C embedded rows cannot differ in the last bit, and the shared
+    # product must give the very same integers, hence the same floats.
+    torch.manual_seed(0)
+    unit = FFDense(60, 24)
+    x = torch.randint(0, 5, (7, 60)).float() / 4
+    x[0] = 0.0  # an all-zero image: the label alone sets the row's scale
+    want = unit.forward_record(_embedded_each_label(x, 10), norm, True, None, "auto",
+                               weight_channel).y
+    got = unit.forward_each_label(x, 10, norm, True, "auto", weight_channel)
+    assert got.shape == (70, 24)
+    assert torch.equal(got, want)
+
+
+def test_each_label_float_matches_the_embedded_rows():
+    torch.manual_seed(0)
+    unit = FFDense(100, 50)
+    x = torch.rand(9, 100)
+    want = unit.forward_record(_embedded_each_label(x, 10), "rms", False).y
+    got = unit.forward_each_label(x, 10, "rms", False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_each_label_leaves_the_images_alone():
+    unit = FFDense(30, 8)
+    x = torch.rand(4, 30)
+    before = x.clone()
+    unit.forward_each_label(x, 10, int8=True)
+    assert torch.equal(x, before)

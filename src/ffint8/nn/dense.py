@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ffint8.data.labels import embed_label
 from ffint8.nn import functional as FF
-from ffint8.quant import QTensor, int8_mm_scaled, quantize
+from ffint8.quant import QTensor, int8_mm, int8_mm_scaled, quantize
 
 
 @dataclass
@@ -80,3 +81,42 @@ class FFDense(nn.Module):
         z = int8_mm_scaled(a_q.q, a_q.scale, w_q.q.t(), w_scale, kernel)  # (B, N) float32
         y = z.add_(b).relu_()
         return DenseRecord(h, r, None, None, a_q, w_q, y)
+
+    @torch.no_grad()
+    def forward_each_label(
+        self,
+        x: torch.Tensor,
+        num_classes: int,
+        norm: FF.Norm = "rms",
+        int8: bool = False,
+        kernel: str = "auto",
+        weight_channel: bool = False,
+    ) -> torch.Tensor:
+        """Inference of the first unit on images x (B, D) with each label embedded in turn
+        (embed_label): (C * B, N), label 0's B rows first, as forward_record gives for those rows.
+
+        A label only moves the one-hot entry within the first C inputs, so every label's row has
+        the same norm and, on the INT8 path, the same per-row scale and the same int8 values but
+        for where that entry sits. The image's product with W is computed once (C times fewer
+        MACs) and each label adds its own column of W, of the int8 weight on the INT8 path,
+        where the accumulator stays exact: the same integers as forward_record's.
+        """
+        b, c = x.shape[0], num_classes
+        h = embed_label(x, torch.zeros(b, dtype=torch.int64, device=x.device), c)
+        a, _ = FF.normalize(h, norm)
+        w, bias = self.weight.detach(), self.bias.detach()
+        if not int8:
+            hot = a[:, :1].clone()  # (B, 1) the label's normalised entry
+            a[:, :c] = 0.0
+            z = torch.mm(a, w.t()).unsqueeze(0) + hot.unsqueeze(0) * w[:, :c].t().unsqueeze(1)
+        else:
+            a_q = quantize(a, "nearest", channel_dim=0)  # as forward_record at inference
+            q = a_q.q
+            hot = q[:, :1].to(torch.int32)
+            q[:, :c] = 0
+            w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
+            acc = int8_mm(q, w_q.q.t(), kernel)  # (B, N) exact
+            acc = acc.unsqueeze(0) + hot.unsqueeze(0) * w_q.q[:, :c].t().to(acc.dtype).unsqueeze(1)
+            w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
+            z = acc.float().mul_(a_q.scale * w_scale)  # (C, B, N)
+        return z.add_(bias).relu_().reshape(c * b, -1)

@@ -49,6 +49,17 @@ def forward_records(
     return records
 
 
+def outputs_each_label(
+    units: list[FFDense], x: torch.Tensor, num_classes: int, cfg: FFConfig
+) -> list[torch.Tensor]:
+    """Inference: every unit's output (C * B, N) for images x (B, D) with each label embedded in
+    turn, label 0's B rows first. The first unit forms the image's product once for all labels
+    (FFDense.forward_each_label); the units above it see C * B different rows."""
+    first = units[0].forward_each_label(x, num_classes, cfg.norm, cfg.int8, cfg.int8_kernel,
+                                        cfg.weight_channel)
+    return [first] + [r.y for r in forward_records(units[1:], first, cfg, seeds=None)]
+
+
 def _weight_grad(
     g_z: torch.Tensor, rec: DenseRecord, cfg: FFConfig, seeds: SeedStream
 ) -> torch.Tensor:

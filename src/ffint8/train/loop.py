@@ -20,6 +20,7 @@ from ffint8.train.ff import (
     SeedStream,
     ff_gradients,
     forward_records,
+    outputs_each_label,
     readout_features,
     readout_gradients,
 )
@@ -227,13 +228,13 @@ class FFTrainer:
             feats = readout_features(records, self.model.readout_units, ff.norm)
             return torch.addmm(self.readout.bias, feats, self.readout.weight.t())
         b, c = x.shape[0], self.num_classes
-        labels = torch.arange(c).repeat_interleave(b)
-        xs = embed_label(x.repeat(c, 1), labels, c)
         scored = ff.scored_units(len(self.units))
-        if self.dense:
-            records = forward_records(self.units, xs, ff, seeds=None)
-            total = sum(FF.goodness(records[i].y, ff.goodness) for i in scored)  # (C * B,)
+        if self.dense:  # the first unit's product with the image is shared by all labels
+            ys = outputs_each_label(self.units, x, c, ff)
+            total = sum(FF.goodness(ys[i], ff.goodness) for i in scored)  # (C * B,)
         else:
+            labels = torch.arange(c).repeat_interleave(b)
+            xs = embed_label(x.repeat(c, 1), labels, c)
             total = ff_units.total_goodness(self.units, xs, ff, scored)
         return total.reshape(c, b).t()
 
