@@ -164,7 +164,7 @@ def ff_step_ops(units: Sequence[Layer], batch_size: int, int8: bool, look_ahead:
                 shared_images: bool = True) -> OpCounts:
     """One ff_gradients call on 2*batch_size rows (positives and negatives), optimiser excluded.
     A dense first unit is fed LabelPairs, as the trainer does: it forms each image once
-    (shared_images=False: the stacked rows, as the layer-pipelined and CNN paths feed theirs).
+    (shared_images=False: the stacked rows, as conv units are fed).
 
     Mirrors ffint8.train.ff for dense units and ffint8.train.ff_units for conv units: the shared
     forward of every unit, its goodness and local gradient g_z = c * y, then per unit from the
