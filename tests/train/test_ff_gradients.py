@@ -104,6 +104,19 @@ def test_chain_differs_from_none_when_lambda_positive():
     assert (grads["none"] - grads["chain"]).abs().max() > 1e-6
 
 
+def twin_units(sizes):
+    """The same random units twice (weights x 4, so goodness sits on both sides of theta): for
+    the float path and for the INT8 path."""
+    torch.manual_seed(3)
+    units_f = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    units_q = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    for uf, uq in zip(units_f, units_q):
+        with torch.no_grad():
+            uf.weight.mul_(4.0)
+        uq.load_state_dict(uf.state_dict())
+    return units_f, units_q
+
+
 def snr_db(estimate, reference):
     noise = (estimate - reference).square().sum()
     return 10 * torch.log10(reference.square().sum() / noise).item()
@@ -114,15 +127,8 @@ def snr_db(estimate, reference):
 def test_int8_weight_gradient_snr(look_ahead, channel):
     """On random data the INT8 path's g_W agrees with the float path at >= 20 dB (with one
     weight scale per unit too, whose scales the chain's input gradient must fold in)."""
-    torch.manual_seed(3)
-    sizes = [784, 256, 256]
-    units_f = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    units_q = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    for uf, uq in zip(units_f, units_q):
-        with torch.no_grad():
-            uf.weight.mul_(4.0)
-        uq.load_state_dict(uf.state_dict())
-    x = torch.rand(64, sizes[0])
+    units_f, units_q = twin_units([784, 256, 256])
+    x = torch.rand(64, 784)
     t = torch.cat([torch.ones(32), torch.zeros(32)])
     lam = 0.3
     ff_gradients(units_f, x, t, FFConfig(algo="ff-fp32", look_ahead=look_ahead), lam, SeedStream(0))
@@ -164,15 +170,8 @@ def test_label_pairs_give_the_stacked_rows_gradients(look_ahead, norm):
 def test_label_pairs_int8_gradient_snr():
     """On the INT8 path a pair shares one rounding of its image and g_pos + g_neg is quantised
     once: the first unit's g_W still agrees with float at >= 20 dB, label columns included."""
-    torch.manual_seed(3)
-    sizes = [784, 256, 256]
-    units_f = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    units_q = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    for uf, uq in zip(units_f, units_q):
-        with torch.no_grad():
-            uf.weight.mul_(4.0)
-        uq.load_state_dict(uf.state_dict())
-    pairs, t = _pairs(32, sizes[0], c=10, dtype=torch.float32)
+    units_f, units_q = twin_units([784, 256, 256])
+    pairs, t = _pairs(32, 784, c=10, dtype=torch.float32)
     ff_gradients(units_f, pairs.stacked(), t, FFConfig(algo="ff-fp32", look_ahead="chain"), 0.3,
                  SeedStream(0))
     ff_gradients(units_q, pairs, t, FFConfig(algo="ff-int8", look_ahead="chain"), 0.3,
