@@ -1,12 +1,13 @@
 """Export a trained FF model as a plain float inference graph, and write it as ONNX.
 
 FFInference computes what FFTrainer.predict_scores computes on the float path, with ordinary
-traceable torch ops: embed each label in turn, normalise, linear + ReLU per unit, goodness
-summed over units -> one score per label. A checkpoint trained with ff-int8 is exported with
-its weights dequantised from their round-to-nearest int8 quantisation (per tensor, or per
-output unit when cfg.ff.weight_channel); the activations stay float in the exported graph,
-while the INT8 path also rounds every unit's input to int8. So the exported graph and the INT8
-PyTorch prediction may disagree on a few borderline samples (close scores of two labels).
+traceable torch ops: each label in turn (the first unit forms the image's product once for all
+of them), normalise, linear + ReLU per unit, goodness summed over units -> one score per label.
+A checkpoint trained with ff-int8 is exported with its weights dequantised from their
+round-to-nearest int8 quantisation (per tensor, or per output unit when cfg.ff.weight_channel);
+the activations stay float in the exported graph, while the INT8 path also rounds every unit's
+input to int8. So the exported graph and the INT8 PyTorch prediction may disagree on a few
+borderline samples (close scores of two labels).
 """
 
 from __future__ import annotations
@@ -74,10 +75,7 @@ class FFInference(nn.Module):
         self.algo = ff.algo
         keep = torch.ones(in_features)
         keep[:num_classes] = 0.0
-        codes = torch.zeros(num_classes, 1, in_features)  # (C, 1, D): one-hot label codes
-        codes[:, 0, :num_classes] = torch.eye(num_classes)
         self.register_buffer("keep", keep)
-        self.register_buffer("codes", codes)
         for i, unit in enumerate(units):
             self.register_buffer(f"weight{i}", export_weight(unit.weight, ff))
             self.register_buffer(f"bias{i}", unit.bias.detach().float().clone())
@@ -92,13 +90,18 @@ class FFInference(nn.Module):
             self.register_buffer("readout_weight", model.readout.weight.detach().float().clone())
             self.register_buffer("readout_bias", model.readout.bias.detach().float().clone())
 
-    def embed_all(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (C * B, D): the images with label 0 embedded, then label 1, and so on.
-
-        x * keep zeroes the first C inputs exactly and + code writes the one-hot label, the same
-        values embed_label writes (for finite inputs)."""
-        xs = x.unsqueeze(0) * self.keep + self.codes  # (C, B, D)
-        return xs.reshape(-1, self.in_features)
+    def first_unit_each_label(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (C * B, N): the first unit's output for the images with label 0 embedded,
+        then label 1, and so on (FFDense.forward_each_label). Every label's row has the image,
+        zeros in the other C - 1 label inputs and one entry of 1, so the same norm: the image's
+        product with W is formed once and each label adds its column of W."""
+        h = x * self.keep  # the image, its first C inputs zero
+        sq = h.square().sum(dim=1, keepdim=True) + 1.0  # + the label's one-hot entry
+        r = (sq / self.in_features if self.norm == "rms" else sq).sqrt() + EPS
+        w, b = self.weight0, self.bias0
+        cols = w[:, : self.num_classes].t().unsqueeze(1)  # (C, 1, N)
+        z = torch.matmul(h / r, w.t()).unsqueeze(0) + cols / r.unsqueeze(0)  # (C, B, N)
+        return (z + b).relu().reshape(-1, w.shape[0])
 
     def normalize(self, h: torch.Tensor) -> torch.Tensor:
         """Length-normalise rows as ffint8.nn.functional.normalize does: (R, D) -> (R, D)."""
@@ -123,11 +126,14 @@ class FFInference(nn.Module):
                 if i in self.readout_units:
                     feats.append(self.normalize(h))
             return torch.addmm(self.readout_bias, torch.cat(feats, dim=1), self.readout_weight.t())
-        h = self.embed_all(x.float())
+        h = None
         total = None
         for i in range(self.num_units):  # fixed at export time
-            w, b = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
-            h = torch.addmm(b, self.normalize(h), w.t()).relu()
+            if i == 0:
+                h = self.first_unit_each_label(x.float())
+            else:
+                w, b = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
+                h = torch.addmm(b, self.normalize(h), w.t()).relu()
             if i in self.scored_units:
                 g = self.goodness_of(h)
                 total = g if total is None else total + g
