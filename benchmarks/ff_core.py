@@ -3,7 +3,7 @@
     python benchmarks/ff_core.py accuracy [--epochs 10] [--looks none,collab,chain]
     python benchmarks/ff_core.py speed [--batch-sizes 32,256] [--rounds 3] [--limit-train 8000]
     python benchmarks/ff_core.py gemm [--batch-size 32]
-    python benchmarks/ff_core.py shared [--rounds 5] [--limit-train 6400] [--limit-test 5000]
+    python benchmarks/ff_core.py predict [--rounds 5] [--limit-test 5000]
     python benchmarks/ff_core.py smoke
 
 accuracy: full Fashion-MNIST; for each look-ahead mode trains ff-int8 and ff-fp32 with the same
@@ -11,9 +11,8 @@ accuracy: full Fashion-MNIST; for each look-ahead mode trains ff-int8 and ff-fp3
 speed:    ff-int8 and ff-fp32 trainers on the same data, epochs run alternately in one process
           (so machine noise hits both alike); prints seconds per epoch and the int8/fp32 ratio.
 gemm:     each int8 kernel against float32 on the MLP's GEMM shapes (alternating).
-shared:   the first unit forming each image once for all of its labels against forwarding the
-          embedded rows: training steps (positive and negative share the image) and goodness
-          prediction of the test set (all labels), alternating rounds.
+predict:  goodness prediction of the test set (every label scored), the first unit's product
+          with the image shared by all labels against forwarding every embedded row, alternating.
 smoke:    wall time of `ffint8 train --epochs 1 --limit-train 5000` in a fresh process.
 """
 
@@ -120,32 +119,22 @@ def gemm(args: argparse.Namespace) -> None:
                            for key in ("int_mm", "float-exact")), flush=True)
 
 
-def shared(args: argparse.Namespace) -> None:
-    """The first unit forming each image once for all its labels (LabelPairs in training, every
-    label in prediction) against feeding it the embedded rows, alternating rounds."""
+def predict(args: argparse.Namespace) -> None:
+    """Goodness prediction as predict_scores does it (the first unit shares the image's product
+    across labels) against the C * B embedded rows through every unit, alternating rounds."""
     from ffint8.data import embed_label
-    from ffint8.measure.opcount import ff_step_ops, mlp_layers
     from ffint8.nn import functional as FF
-    from ffint8.train.ff import ff_gradients, forward_records
+    from ffint8.train.ff import forward_records
 
-    data = load_dataset("fashion-mnist", limit_train=args.limit_train, limit_test=args.limit_test)
-    x, y = to_float_images(data.train.images), data.train.labels
-    xt = to_float_images(data.test.images)
+    data = load_dataset("fashion-mnist", limit_train=1, limit_test=args.limit_test)
+    x = to_float_images(data.test.images)
     torch.set_num_threads(args.threads)
-    c, bs, ebs = 10, TrainConfig.batch_size, TrainConfig.eval_batch_size
-    print(f"MLP 784-1000-1000, chain look-ahead (lambda 0.2); {x.shape[0]} training images in "
-          f"batches of {bs}, {xt.shape[0]} test images in batches of {ebs}; {args.threads} "
-          f"threads; medians of {args.rounds} alternating rounds")
+    bs, c = TrainConfig.eval_batch_size, 10
+    print(f"{x.shape[0]} test images, batch {bs}, {args.threads} threads, MLP 784-1000-1000")
     for algo in ("ff-int8", "ff-fp32"):
         cfg = TrainConfig(seed=0, ff=FFConfig(algo=algo))
         torch.manual_seed(0)
         tr = FFTrainer(create_model("mlp"), cfg, c)
-        batches = [tr._batch(x[i : i + bs], y[i : i + bs]) for i in range(0, x.shape[0], bs)]
-
-        def train(stacked: bool, tr=tr, batches=batches) -> None:
-            for pairs, t in batches:
-                ff_gradients(tr.units, pairs.stacked() if stacked else pairs, t, tr.cfg.ff, 0.2,
-                             tr.seeds)
 
         @torch.no_grad()
         def every_row(xb, ff=cfg.ff, tr=tr):
@@ -153,33 +142,22 @@ def shared(args: argparse.Namespace) -> None:
             recs = forward_records(tr.units, xs, ff, seeds=None)
             return sum(FF.goodness(r.y, ff.goodness) for r in recs).reshape(c, -1).t()
 
-        def predict(fn) -> torch.Tensor:
-            return torch.cat([fn(xt[i : i + ebs]).argmax(1) for i in range(0, len(xt), ebs)])
-
-        runs = {"train shared": lambda: train(False), "train stacked": lambda: train(True),
-                "predict shared": lambda tr=tr: predict(tr.predict_scores),
-                "predict every row": lambda: predict(every_row)}
-        times: dict[str, list[float]] = {k: [] for k in runs}
+        runs = {"shared": tr.predict_scores, "every row": every_row}
+        times = {k: [] for k in runs}
+        agree = 0.0
         for _ in range(args.rounds):
             for key, fn in runs.items():
                 start = time.perf_counter()
-                fn()
+                preds = torch.cat([fn(x[i : i + bs]).argmax(1) for i in range(0, len(x), bs)])
                 times[key].append(time.perf_counter() - start)
+                if key == "shared":
+                    shared = preds
+                else:
+                    agree = float((preds == shared).float().mean())
         med = {k: statistics.median(v) for k, v in times.items()}
-        same = float((predict(tr.predict_scores) == predict(every_row)).float().mean())
-        layers = mlp_layers(784, (1000, 1000))
-        m_shared = ff_step_ops(layers, bs, algo == "ff-int8", "chain").int8_mul
-        m_rows = ff_step_ops(layers, bs, algo == "ff-int8", "chain", shared_images=False).int8_mul
-        if algo == "ff-fp32":
-            m_shared = ff_step_ops(layers, bs, False, "chain").fp32_mul
-            m_rows = ff_step_ops(layers, bs, False, "chain", shared_images=False).fp32_mul
-        print(f"{algo}: training {med['train shared']:.2f}s shared, {med['train stacked']:.2f}s "
-              f"stacked, ratio {med['train shared'] / med['train stacked']:.2f} (gradients only, "
-              f"no optimiser; multiplies per step {m_shared / 1e6:.1f} M against "
-              f"{m_rows / 1e6:.1f} M); prediction {med['predict shared']:.2f}s shared, "
-              f"{med['predict every row']:.2f}s every row, ratio "
-              f"{med['predict shared'] / med['predict every row']:.2f}, the same label for "
-              f"{100 * same:.2f}% of images", flush=True)
+        print(f"{algo}: shared {med['shared']:.2f}s, every row {med['every row']:.2f}s, ratio "
+              f"{med['shared'] / med['every row']:.2f} (medians of {args.rounds}); "
+              f"same prediction on {100 * agree:.2f}% of images", flush=True)
 
 
 def smoke(args: argparse.Namespace) -> None:
@@ -215,14 +193,13 @@ def main() -> None:
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--rounds", type=int, default=5)
     g.add_argument("--reps", type=int, default=5)
-    r = sub.add_parser("shared")
+    r = sub.add_parser("predict")
     r.add_argument("--rounds", type=int, default=5)
-    r.add_argument("--limit-train", type=int, default=6400)
     r.add_argument("--limit-test", type=int, default=5000)
     r.add_argument("--threads", type=int, default=1)
     sub.add_parser("smoke")
     args = p.parse_args()
-    {"accuracy": accuracy, "speed": speed, "gemm": gemm, "shared": shared,
+    {"accuracy": accuracy, "speed": speed, "gemm": gemm, "predict": predict,
      "smoke": smoke}[args.cmd](args)
 
 

@@ -1,34 +1,29 @@
 """Analytic footprints: a hand count, and FF's kept tensors against what the code really keeps."""
 
-import dataclasses
-
 import pytest
 import torch
 
-from ffint8.data import LabelPairs
 from ffint8.errors import ConfigError
 from ffint8.measure.footprint import footprint
 from ffint8.models import create_model
-from ffint8.quant import QTensor
 from ffint8.train.config import FFConfig
 from ffint8.train.ff import SeedStream, forward_records
 
 
 def test_hand_count_ff_int8():
-    # MLP 4-3-2, batch 1 (1 image, 2 rows). 23 parameters: 92 bytes of weights, Adam 184;
-    # gradients of one unit at a time (the per-unit update), the larger unit 1's 12 + 3: 60
-    # bytes. Kept: the image 4*4 = 16; unit 1 (LabelPairs): a_q of the image 4, y 24, label
-    # entry 4, row labels 2*8, g_z 24; unit 2: a_q 6, y 16, r 8, g_z 16; int8 weights of unit 2
-    # only (6): no gradient goes below unit 1.
+    # MLP 4-3-2, batch 1 (2 rows). 23 parameters: 92 bytes of weights, Adam 184; gradients of
+    # one unit at a time (the per-unit update), the larger unit 1's 12 + 3: 60 bytes. Kept:
+    # input batch 2*4*4 = 32; unit 1: a_q 8, y 24, r 8, g_z 24; unit 2: a_q 6, y 16, r 8,
+    # g_z 16; int8 weights 12 + 6.
     fp = footprint("ff-int8", 4, (3, 2), batch_size=1, optimizer="adam")
     assert (fp.parameters, fp.gradients, fp.optimizer) == (92, 60, 184)
-    assert fp.activations == 16 + (4 + 24 + 4 + 16 + 24) + (6 + 16 + 8 + 16)
-    assert fp.weight_copies == 6
-    assert fp.total == 92 + 60 + 184 + 134 + 6
+    assert fp.activations == 32 + (8 + 24 + 8 + 24) + (6 + 16 + 8 + 16)
+    assert fp.weight_copies == 18
+    assert fp.total == 92 + 60 + 184 + 142 + 18
     # adam8: per parameter 2 bytes of codes and 2 float32 scales per 256 values
     assert footprint("ff-int8", 4, (3, 2), 1, optimizer="adam8").optimizer == round(23 * 2.03125)
     minimal = footprint("ff-int8", 4, (3, 2), batch_size=1, kept="minimal")
-    assert minimal.activations == 16 + (4 + 24 + 4 + 16) + (6 + 16 + 8) + 24  # one g_z, the largest
+    assert minimal.activations == 32 + (8 + 24 + 8) + (6 + 16 + 8) + 24  # one g_z, the largest
     assert minimal.weight_copies == 0
 
 
@@ -47,14 +42,13 @@ def test_ff_kept_bytes_match_the_records(algo):
     hidden, b, d = (12, 10), 5, 20
     model = create_model("mlp", in_features=d, hidden=hidden)
     cfg = FFConfig(algo=algo)
-    pairs = LabelPairs(torch.rand(b, d), torch.arange(b), torch.arange(b) + 1, 10)
-    recs = forward_records(list(model.units), pairs, cfg, SeedStream(0))
-    seen, total = {pairs.images.data_ptr()}, pairs.images.numel() * 4
+    x = torch.randn(2 * b, d)
+    recs = forward_records(list(model.units), x, cfg, SeedStream(0))
+    seen, total = set(), 0
     params = {p.data_ptr() for p in model.parameters()}
     for r in recs:
-        for f in dataclasses.fields(r):
-            t = getattr(r, f.name)
-            t = t.q if isinstance(t, QTensor) else t  # its scale is per tensor or per row
+        tensors = [r.h_in, r.r_in, r.a, r.w, r.y, r.a_q and r.a_q.q, r.w_q and r.w_q.q]
+        for t in tensors:
             if t is not None and t.data_ptr() not in seen and t.data_ptr() not in params:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()

@@ -6,7 +6,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ffint8.nn.dense as dense_mod
 import ffint8.train.ff as ff_mod
-from ffint8.data import LabelPairs
 from ffint8.errors import ConfigError
 from ffint8.measure.opcount import (
     Dense,
@@ -28,25 +27,22 @@ TINY = [Dense(4, 3), Dense(3, 2)]  # 4-3-2, 23 parameters
 
 
 def test_hand_count_ff_int8_none():
-    # batch 1 -> 1 image, 2 rows (positive, negative). Unit 1 (D=4, N=3) forms the image once:
-    # rms norm 2*4 mul + 4 add; int8 GEMM 1*4*3 = 12; each row's label column 2*3 = 6 MACs;
-    # quantise 4 inputs + 12 weights; rescale 6 mul; bias 6 add; goodness and g_z 2*6 mul + 6
-    # add. Unit 2 (D=3, N=2) sees both rows: norm 12 mul + 6 add; GEMM 12; quantise 6 + 6;
+    # batch 1 -> 2 rows (positive, negative). Unit 1 (D=4, N=3): rms norm 2*8 mul + 8 add; int8
+    # GEMM 2*4*3 = 24; quantise 8 inputs + 12 weights; rescale 6 mul; bias 6 add; goodness and
+    # g_z 2*6 mul + 6 add. Unit 2 (D=3, N=2): norm 12 mul + 6 add; GEMM 12; quantise 6 + 6;
     # rescale 4; bias 4; goodness and g_z 8 mul + 4 add. Backward, unit 2: quantise g_z (4),
-    # g_W GEMM 2*2*3 = 12, rescale 6 mul, g_b 4 add; unit 1: g_pos + g_neg 3 add, quantise 3,
-    # GEMM 1*3*4 = 12, rescale 12, label columns 6 mul + 6 add, g_b 6 add.
-    # Adam: 23 parameters x (8 mul, 4 add).
+    # g_W GEMM 2*2*3 = 12, rescale 6 mul, g_b 4 add; unit 1: quantise 6, GEMM 24, rescale 12,
+    # g_b 6 add. Adam: 23 parameters x (8 mul, 4 add).
     ops = step_ops("ff-int8", TINY, 1, look_ahead="none")
-    assert ops == OpCounts(int8_mul=54, int32_add=54, fp32_mul=26 + 24 + 24 + 184,
-                           fp32_add=16 + 14 + 19 + 92, quantized=35)
+    assert ops == OpCounts(int8_mul=72, int32_add=72, fp32_mul=34 + 24 + 18 + 184,
+                           fp32_add=20 + 14 + 10 + 92, quantized=42)
 
 
 def test_hand_count_ff_fp32_none():
-    # as above in float: GEMMs and label columns 18 + 12 + 12 + 12 = 54 MACs; no quantising, no
-    # rescaling.
+    # as above in float: GEMMs 24 + 12 + 12 + 24 = 72 MACs; no quantising, no rescaling.
     ops = step_ops("ff-fp32", TINY, 1, look_ahead="none")
-    assert ops == OpCounts(fp32_mul=54 + (8 + 12) + (12 + 8) + 6 + 184,
-                           fp32_add=54 + (4 + 6 + 6) + (6 + 4 + 4) + (4 + 3 + 6 + 6) + 92)
+    assert ops == OpCounts(fp32_mul=72 + (16 + 12) + (12 + 8) + 184,
+                           fp32_add=72 + (8 + 6 + 6) + (6 + 4 + 4) + (4 + 6) + 92)
 
 
 def test_hand_count_chain_adds_the_input_gradient():
@@ -156,19 +152,16 @@ def test_counts_match_what_ff_gradients_runs(monkeypatch, algo, look, depth):
 
     for mod in (ff_mod, dense_mod):
         monkeypatch.setattr(mod, "quantize", counting(mod.quantize))
-    # 5 images, each with its true and a wrong label: the trainer's LabelPairs
-    pairs = LabelPairs(torch.rand(5, 20), torch.arange(5), torch.arange(5) + 1, 10)
-    t = torch.cat([torch.ones(5), torch.zeros(5)])
+    x, t = torch.randn(10, 20), torch.cat([torch.ones(5), torch.zeros(5)])
     trace = GemmTrace()
     with trace:
-        ff_gradients(list(model.units), pairs, t, cfg, 0.1, SeedStream(0))
+        ff_gradients(list(model.units), x, t, cfg, 0.1, SeedStream(0))
     ops = ff_step_ops(mlp_layers(20, hidden), 5, algo == "ff-int8", look, True, depth)
-    labels = 2 * 5 * hidden[0]  # one MAC per row and output for the label's column: no GEMM
     if algo == "ff-int8":  # the reference kernel multiplies int8 values in int64
-        assert trace.macs == {torch.int64: ops.int8_mul - labels}
+        assert trace.macs == {torch.int64: ops.int8_mul}
     else:  # the same GEMM shapes as the int8 path, in float
         int8_twin = ff_step_ops(mlp_layers(20, hidden), 5, True, look, True, depth)
-        assert ops.int8_mul == 0 and trace.macs == {torch.float32: int8_twin.int8_mul - labels}
+        assert ops.int8_mul == 0 and trace.macs == {torch.float32: int8_twin.int8_mul}
     assert sum(quantized) == ops.quantized
 
 
@@ -180,12 +173,9 @@ def test_hand_count_softmax_readout_and_hard_negatives():
     # + g_b 2; Adam for its 6 parameters 48 mul, 24 add.
     soft = step_ops("ff-int8", TINY, 1, look_ahead="none", num_classes=2, predict="softmax")
     assert soft - base == OpCounts(int8_mul=18, int32_add=18, fp32_mul=85, fp32_add=56, quantized=25)
-    # hard negatives by goodness: the forward of both labels (2 rows) with goodness, no g_z.
-    # Unit 1 forms the image once: norm 8 mul 4 add, GEMM 12, label columns 2*3 MACs, quantise
-    # 4 + 12, rescale 6, bias 6, goodness 6 and 6; unit 2 on both rows: norm 12 and 6, GEMM 12,
-    # quantise 6 + 6, rescale 4, bias 4, goodness 4 and 4.
+    # hard negatives by goodness: the forward of both labels (2 rows) with goodness, no g_z
     hard = step_ops("ff-int8", TINY, 1, look_ahead="none", num_classes=2, negatives="hard")
-    assert hard - base == OpCounts(int8_mul=30, int32_add=30, fp32_mul=40, fp32_add=30, quantized=28)
+    assert hard - base == OpCounts(int8_mul=36, int32_add=36, fp32_mul=48, fp32_add=34, quantized=32)
 
 
 @pytest.mark.parametrize("predict,negatives", [("goodness", "random"), ("softmax", "random"),
@@ -202,10 +192,7 @@ def test_gemms_of_a_whole_training_step_match(predict, negatives):
         trainer.train_epoch(x, y)
     ops = step_ops("ff-int8", mlp_layers(20, hidden), b, look_ahead="none", num_classes=10,
                    predict=predict, negatives=negatives)
-    # the first unit's label columns, one MAC per row and output, are not GEMMs: the step's
-    # 2B rows, and with hard negatives by goodness every label's B rows
-    labels = (2 * b + (10 * b if (predict, negatives) == ("goodness", "hard") else 0)) * hidden[0]
-    assert trace.macs.get(torch.int64) == ops.int8_mul - labels
+    assert trace.macs.get(torch.int64) == ops.int8_mul
     readout = 2 * b * (10 + 8) * 10 if predict == "softmax" else 0  # logits and g_W, in float
     assert trace.macs.get(torch.float32, 0) == readout
 

@@ -13,7 +13,7 @@ import ffint8.nn.conv as conv_mod
 from ffint8.cli import main
 from ffint8.measure.convshapes import conv_layers, describe_unit, shape_model
 from ffint8.measure.counts import Conv, Dense, OpCounts, fp32
-from ffint8.measure.opcount import epoch_ops, ff_step_ops, model_layers, run_ops, step_ops
+from ffint8.measure.opcount import epoch_ops, model_layers, run_ops, step_ops
 from ffint8.models import create_model
 from ffint8.nn.blocks import BasicBlock, ConvBlock, ConvNet, StemBlock
 from ffint8.train import ff_units
@@ -125,18 +125,14 @@ def test_1x1_conv_on_1x1_image_counts_as_dense():
     tiny = [Dense(4, 3), Dense(3, 2)]  # tests/measure/test_opcount.py's 4-3-2 MLP
     units = [describe_unit(ConvBlock(4, 3, k=1, norm="none"), (4, 1, 1)),
              describe_unit(ConvBlock(3, 2, k=1, norm="none"), (3, 1, 1))]
-    # FF: against the dense units fed the stacked rows (a dense first unit fed LabelPairs forms
-    # each image once, which the conv units do not)
-    for int8 in (True, False):
+    for algo in ("ff-int8", "ff-fp32"):
         for look in ("none", "collab"):
-            assert (ff_step_ops(units, 3, int8, look)
-                    == ff_step_ops(tiny, 3, int8, look, shared_images=False))
+            assert step_ops(algo, units, 3, look_ahead=look) == step_ops(algo, tiny, 3, look_ahead=look)
     # chain: the dense path masks the signal into z (one multiply per output of unit 1, 2 rows);
     # autograd's signal to a conv unit comes through its ReLU already
-    diff = (ff_step_ops(tiny, 1, False, "chain", shared_images=False)
-            - ff_step_ops(units, 1, False, "chain"))
+    diff = step_ops("ff-fp32", tiny, 1, look_ahead="chain") - step_ops("ff-fp32", units, 1,
+                                                                         look_ahead="chain")
     assert diff == fp32(mul=6)
-    assert ff_step_ops(tiny, 3, True, "none").int8_mul < ff_step_ops(units, 3, True, "none").int8_mul
     # backprop: the same but for the global pool in front of the head (1 position: 2 adds, 2 mul)
     from ffint8.measure.convunit import PoolHead
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffint8.data import LabelPairs
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
 from ffint8.train.config import FFConfig
@@ -104,19 +103,6 @@ def test_chain_differs_from_none_when_lambda_positive():
     assert (grads["none"] - grads["chain"]).abs().max() > 1e-6
 
 
-def twin_units(sizes):
-    """The same random units twice (weights x 4, so goodness sits on both sides of theta): for
-    the float path and for the INT8 path."""
-    torch.manual_seed(3)
-    units_f = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    units_q = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-    for uf, uq in zip(units_f, units_q):
-        with torch.no_grad():
-            uf.weight.mul_(4.0)
-        uq.load_state_dict(uf.state_dict())
-    return units_f, units_q
-
-
 def snr_db(estimate, reference):
     noise = (estimate - reference).square().sum()
     return 10 * torch.log10(reference.square().sum() / noise).item()
@@ -127,8 +113,15 @@ def snr_db(estimate, reference):
 def test_int8_weight_gradient_snr(look_ahead, channel):
     """On random data the INT8 path's g_W agrees with the float path at >= 20 dB (with one
     weight scale per unit too, whose scales the chain's input gradient must fold in)."""
-    units_f, units_q = twin_units([784, 256, 256])
-    x = torch.rand(64, 784)
+    torch.manual_seed(3)
+    sizes = [784, 256, 256]
+    units_f = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    units_q = [FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    for uf, uq in zip(units_f, units_q):
+        with torch.no_grad():
+            uf.weight.mul_(4.0)
+        uq.load_state_dict(uf.state_dict())
+    x = torch.rand(64, sizes[0])
     t = torch.cat([torch.ones(32), torch.zeros(32)])
     lam = 0.3
     ff_gradients(units_f, x, t, FFConfig(algo="ff-fp32", look_ahead=look_ahead), lam, SeedStream(0))
@@ -136,53 +129,3 @@ def test_int8_weight_gradient_snr(look_ahead, channel):
                                          weight_channel=channel), lam, SeedStream(0))
     for l, (uf, uq) in enumerate(zip(units_f, units_q)):
         assert snr_db(uq.weight.grad, uf.weight.grad) >= 20.0, f"unit {l}"
-
-
-def _pairs(b, d, c=4, seed=1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(b, d, generator=gen, dtype=dtype)
-    pos = torch.randint(0, c, (b,), generator=gen)
-    neg = (pos + torch.randint(1, c, (b,), generator=gen)) % c
-    t = torch.cat([torch.ones(b, dtype=dtype), torch.zeros(b, dtype=dtype)])
-    return LabelPairs(images, pos, neg, c), t
-
-
-@pytest.mark.parametrize("look_ahead,norm", [("none", "rms"), ("chain", "rms"), ("collab", "l2")])
-def test_label_pairs_give_the_stacked_rows_gradients(look_ahead, norm):
-    """The first unit forms each image once for both rows of its pair; every unit's gradients
-    (the label columns of the first one included) equal those of the stacked rows."""
-    sizes = [12, 9, 8, 7]
-    pairs, t = _pairs(6, sizes[0])
-    cfg = FFConfig(algo="ff-fp32", look_ahead=look_ahead, norm=norm, theta=2.0)
-    grads = []
-    for x in (pairs.stacked(), pairs):
-        units = make_units(sizes)
-        losses = ff_gradients(units, x, t, cfg, 0.37, SeedStream(0))
-        grads.append((losses, [(u.weight.grad, u.bias.grad) for u in units]))
-    (want_l, want), (got_l, got) = grads
-    torch.testing.assert_close(got_l, want_l, rtol=0, atol=1e-12)
-    assert want[0][0][:, :4].abs().max() > 1e-6, "degenerate test: no label-column gradient"
-    for l, ((gw, gb), (ww, wb)) in enumerate(zip(got, want)):
-        torch.testing.assert_close(gw, ww, rtol=0, atol=1e-12, msg=f"unit {l} weight")
-        torch.testing.assert_close(gb, wb, rtol=0, atol=1e-12, msg=f"unit {l} bias")
-
-
-def test_label_pairs_int8_gradient_snr():
-    """On the INT8 path a pair shares one rounding of its image and g_pos + g_neg is quantised
-    once: the first unit's g_W still agrees with float at >= 20 dB, label columns included."""
-    units_f, units_q = twin_units([784, 256, 256])
-    pairs, t = _pairs(32, 784, c=10, dtype=torch.float32)
-    ff_gradients(units_f, pairs.stacked(), t, FFConfig(algo="ff-fp32", look_ahead="chain"), 0.3,
-                 SeedStream(0))
-    ff_gradients(units_q, pairs, t, FFConfig(algo="ff-int8", look_ahead="chain"), 0.3,
-                 SeedStream(0))
-    for l, (uf, uq) in enumerate(zip(units_f, units_q)):
-        assert snr_db(uq.weight.grad, uf.weight.grad) >= 20.0, f"unit {l}"
-    assert snr_db(units_q[0].weight.grad[:, :10], units_f[0].weight.grad[:, :10]) >= 20.0
-
-
-def test_label_pairs_check_their_labels():
-    with pytest.raises(ValueError, match="neg"):
-        LabelPairs(torch.rand(3, 8), torch.tensor([0, 1, 2]), torch.tensor([1, 2]), 4)
-    with pytest.raises(ValueError, match="labels"):
-        LabelPairs(torch.rand(3, 8), torch.tensor([0, 1]), torch.tensor([1, 2]), 4)

@@ -182,8 +182,7 @@ def test_tiny_cnn_ff_loss_falls(algo):
                       ff=FFConfig(algo=algo, look_ahead="chain", lambda_start=0.1))
     tr = FFTrainer(create_model("resnet18", width=0.125), cfg, 10)
     assert not tr.dense
-    pairs, t = tr._batch(x[:16], y[:16])  # a fixed batch of positives and negatives
-    xb = pairs.stacked()
+    xb, t = tr._batch(x[:16], y[:16])  # a fixed batch of positives and negatives
     first = ff_units.ff_gradients(tr.units, xb, t, cfg.ff, 0.1, SeedStream(9)).sum()
     for _ in range(2):
         tr.train_epoch(x, y)

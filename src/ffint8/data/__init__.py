@@ -13,7 +13,6 @@ from ffint8.data.datasets import (
 )
 from ffint8.data.idx import read_idx, write_idx
 from ffint8.data.labels import (
-    LabelPairs,
     embed_label,
     embed_neutral,
     hard_negative_labels,
@@ -25,7 +24,6 @@ __all__ = [
     "DATASETS",
     "DEFAULT_DIRS",
     "Dataset",
-    "LabelPairs",
     "Split",
     "embed_label",
     "embed_neutral",

@@ -6,8 +6,6 @@ Forward-Forward shows each layer an image with a label written into its first
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 
@@ -38,38 +36,6 @@ def embed_label(
     code.zero_()
     code.scatter_(1, labels.view(-1, 1).to(torch.int64), value)
     return result
-
-
-@dataclass(frozen=True, eq=False)
-class LabelPairs:
-    """A batch of positives and negatives that share their images: row i of the stacked batch is
-    image i with label pos[i] embedded, row B + i the same image with label neg[i]. A first unit
-    that knows this forms the image's product with its weight once for both (FFDense.forward_pairs).
-    """
-
-    images: torch.Tensor  # (B, D) float
-    pos: torch.Tensor  # (B,) the true labels
-    neg: torch.Tensor  # (B,) the wrong ones
-    num_classes: int
-
-    def __post_init__(self) -> None:
-        _check_embed_args(self.images, self.pos, self.num_classes, None)
-        if self.neg.shape != self.pos.shape:
-            raise ValueError(f"neg must be ({self.pos.shape[0]},), got shape {tuple(self.neg.shape)}")
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """(2B,) int64: each stacked row's label."""
-        return torch.cat([self.pos, self.neg]).to(torch.int64)
-
-    def stacked(self) -> torch.Tensor:
-        """The (2B, D) rows themselves: positives, then negatives."""
-        b = self.images.shape[0]
-        x = torch.empty(2 * b, self.images.shape[1], dtype=self.images.dtype,
-                        device=self.images.device)
-        embed_label(self.images, self.pos, self.num_classes, out=x[:b])
-        embed_label(self.images, self.neg, self.num_classes, out=x[b:])
-        return x
 
 
 def sample_negative_labels(

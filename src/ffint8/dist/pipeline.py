@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from ffint8.data import LabelPairs, sample_negative_labels
+from ffint8.data import embed_label, sample_negative_labels
 from ffint8.dist.ddp import rank_seed
 from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
@@ -145,15 +145,16 @@ def targets(rows: int) -> torch.Tensor:
 
 
 def batches(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, batch_size: int,
-            generator: torch.Generator) -> Iterator[tuple[LabelPairs, torch.Tensor]]:
+            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch's batches as FFTrainer makes them, with its random draws in its order:
-    positives and negatives of B images, targets (2B,)."""
+    positives then negatives (2B, D), targets (2B,)."""
     perm = torch.randperm(x_train.shape[0], generator=generator)
     for i in range(0, x_train.shape[0], batch_size):
         idx = perm[i : i + batch_size]
         xb, yb = x_train[idx], y_train[idx]
         neg = sample_negative_labels(yb, num_classes, generator)
-        yield LabelPairs(xb, yb, neg, num_classes), targets(2 * xb.shape[0])
+        x = torch.cat([embed_label(xb, yb, num_classes), embed_label(xb, neg, num_classes)])
+        yield x, targets(x.shape[0])
 
 
 @dataclass
@@ -174,7 +175,7 @@ class Stage:
         self.seeds = SeedStream(rank_seed(self.cfg.seed, self.index))
 
     def run_epoch(self, epoch: int, n_steps: int,
-                  data: Iterator[tuple[LabelPairs, torch.Tensor]] | None = None) -> float:
+                  data: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None) -> float:
         """Train the unit for one epoch of n_steps batches (from `data` on the first stage, from
         the previous stage otherwise); returns its mean loss per step."""
         ff = self.cfg.ff
@@ -186,8 +187,8 @@ class Stage:
         for step in range(n_steps):
             lr = self.cfg.lr_at((epoch % self.cfg.epochs + step / n_steps) / self.cfg.epochs)
             if self.prev is None:
-                h, t = next(data)  # the first unit forms each image once for its two rows
-                before = torch.zeros(t.shape[0])
+                h, t = next(data)
+                before = torch.zeros(h.shape[0])
             else:  # (2B, N_prev + 1): the previous unit's output, then sum_{j<r} G_j
                 msg = self.prev.recv()
                 h, before = msg[:, :-1], msg[:, -1]

@@ -6,14 +6,11 @@ algorithm keeps between its forward pass and its update, read off the code. Grad
 for every parameter at once for backprop; FF steps each unit as soon as its gradients are final
 (ffint8.train.loop's per-unit update), so the largest unit's only.
 
-- ff-int8 / ff-fp32 (ffint8.train.ff, nn.dense): all units' records live until the last unit
-  is updated. Per unit, for 2B rows: its input normalised (int8 on the INT8 path, float32 on the
-  float path), its float32 output y, its float32 local gradient g_z (the `local` list), the
-  input's norm (one float per row); on the INT8 path the int8 weight copy w_q. The first unit
-  is fed LabelPairs and keeps its normalised input for the B images only (both rows of a pair
-  share it), one label entry per image, each row's label (int64) and no weight copy (no gradient
-  goes below it). The
-  batch's images (B, D0) are kept too; each unit's raw input is the previous unit's y.
+- ff-int8 / ff-fp32 (ffint8.train.ff, nn.dense): all units' DenseRecords live until the last
+  unit is updated. Per unit, for 2B rows: its input normalised (int8 on the INT8 path, float32
+  on the float path), its float32 output y, its float32 local gradient g_z (the `local` list),
+  the input's norm (one float per row); on the INT8 path the int8 weight copy w_q. The input
+  batch (2B, D0) is kept too; each unit's raw input is the previous unit's y (not a copy).
   kept="minimal" is what the method needs (PAPER.md section 2): the int8 (or float) inputs and
   float outputs of all units (the shared forward holds them all), but g_z one unit at a time and
   no weight copy (none/collab need no input gradient).
@@ -50,7 +47,6 @@ from ffint8.measure.opcount import ALL_ALGOS, BP_ALGOS, INT8_ALGOS, Dense, mlp_l
 
 F32 = 4
 I8 = 1
-I64 = 8
 # bytes of optimiser state per parameter
 OPTIMIZER_STATE = {"adam": 2 * F32, "adamw": 2 * F32, "sgd": F32, "adam8": 2 * (I8 + F32 / 256)}
 
@@ -79,17 +75,14 @@ class Footprint:
 
 
 def _ff_kept(units: Sequence[Dense], batch_size: int, int8: bool, kept: str) -> tuple[int, int]:
-    b, m = batch_size, 2 * batch_size
-    act = units[0].in_elems(b) * F32  # the batch's images (LabelPairs)
+    m = 2 * batch_size
+    act = units[0].in_elems(m) * F32  # the input batch, positives and negatives
     g_z = []
-    for i, u in enumerate(units):
-        rows = b if i == 0 else m  # the first unit keeps each image once for both its rows
-        act += u.in_elems(rows) * (I8 if int8 else F32)  # normalised input a (or a_q)
-        act += u.out_elems(m) * F32 + rows * F32  # y; the input's norm r, or the label entry
-        act += m * I64 if i == 0 else 0  # the first unit's row labels, for its label columns
+    for u in units:
+        act += u.in_elems(m) * (I8 if int8 else F32)  # normalised input a (or a_q)
+        act += u.out_elems(m) * F32 + m * F32  # y, and the input's norm r (one per row)
         g_z.append(u.out_elems(m) * F32)
-    # w_q of the units that pass a gradient down (not the first); the float path shares W
-    weights = sum(u.weights for u in units[1:]) * I8 if int8 else 0
+    weights = sum(u.weights for u in units) * I8 if int8 else 0  # w_q; the float path shares W
     if kept == "minimal":
         return act + max(g_z), 0
     return act + sum(g_z), weights

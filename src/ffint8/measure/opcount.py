@@ -41,7 +41,6 @@ from ffint8.measure.counts import (  # noqa: F401  (re-exported: the counts' pub
     counters,
     fp32,
     gemm,
-    macs,
     optimizer_ops,
 )
 
@@ -55,48 +54,13 @@ def mlp_layers(in_features: int, hidden: Sequence[int], num_classes: int | None 
 Layer = Dense | ConvUnit  # what the training steps walk; BP adds a head (Dense or PoolHead)
 
 
-def _labelled_forward(u: Dense, images: int, rows: int, int8: bool) -> OpCounts:
-    """A first dense unit on `images` images, each with rows // images labels embedded
-    (FFDense.forward_pairs, forward_each_label): the norm, the quantisation and the image's
-    product once per image; per row one multiply-accumulate per output for the label's column
-    (hot x column, 8 x 8 bits on the INT8 path), the rescale and the bias."""
-    out = u.out_elems(rows)
-    ops = (fp32(mul=2 * u.in_elems(images), add=u.in_elems(images)) + macs(u.macs(images), int8)
-           + macs(out, int8) + fp32(add=out))
-    if int8:
-        ops += OpCounts(quantized=u.in_elems(images) + u.weights) + fp32(mul=out)
-    return ops
-
-
-def _pairs_weight_grad(u: Dense, images: int, int8: bool) -> OpCounts:
-    """g_W and g_b of a first dense unit fed LabelPairs (ffint8.train.ff._pair_weight_grad):
-    g_pos + g_neg, one GEMM over the images (its sum quantised on the INT8 path, then the
-    rescale), hot x g_z added into each row's label column, and g_b over both rows."""
-    rows = 2 * images
-    ops = (fp32(add=u.out_elems(images)) + macs(u.macs(images), int8)
-           + fp32(mul=u.out_elems(rows), add=u.out_elems(rows)) + fp32(add=u.out_elems(rows)))
-    if int8:
-        ops += fp32(mul=u.weights) + OpCounts(quantized=u.out_elems(images))
-    return ops
-
-
-def _shares_images(units: Sequence[Layer], shared: bool = True) -> bool:
-    """True when the first unit forms each image once for all its labels: a dense one."""
-    return shared and bool(units) and isinstance(units[0], Dense)
-
-
-def _ff_forward(units: Sequence[Layer], rows: int, int8: bool, goodness: bool = True,
-                labels_per_image: int = 1) -> OpCounts:
+def _ff_forward(units: Sequence[Layer], rows: int, int8: bool, goodness: bool = True) -> OpCounts:
     """The shared forward: per unit the rms norm (square, sum, divide), the unit's body, and
-    (goodness) the goodness and local gradient, or the goodness alone. labels_per_image > 1:
-    the rows are that many labels of each image, which a dense first unit shares."""
+    (goodness) the goodness and local gradient, or the goodness alone."""
     ops = ZERO
-    for i, u in enumerate(units):
-        if i == 0 and labels_per_image > 1 and _shares_images(units):
-            ops += _labelled_forward(u, rows // labels_per_image, rows, int8)
-        else:
-            forward = counters(u).forward
-            ops += fp32(mul=2 * u.in_elems(rows), add=u.in_elems(rows)) + forward(u, rows, int8)
+    for u in units:
+        forward = counters(u).forward
+        ops += fp32(mul=2 * u.in_elems(rows), add=u.in_elems(rows)) + forward(u, rows, int8)
         if goodness:
             ops += fp32(mul=u.out_elems(rows), add=u.out_elems(rows))
     return ops
@@ -120,9 +84,8 @@ def ff_prediction_ops(units: Sequence[Dense], batch_size: int, int8: bool, num_c
     """The extra passes of one training step (ffint8.train.loop) beside ff_gradients.
     predict="softmax": a neutral-label forward of batch_size rows, the readout's features
     (normalised outputs), its logits, cross-entropy and gradient. negatives="hard" with
-    goodness prediction: a forward of every label (num_classes x batch_size rows, a dense first
-    unit forming each image once). (With the greedy schedule the loop runs these passes over all
-    units; here over `units`.)"""
+    goodness prediction: a forward of every label (num_classes x batch_size rows). (With the
+    greedy schedule the loop runs these passes over all units; here over `units`.)"""
     b, c = batch_size, num_classes
     if predict == "softmax":
         f = sum(units[i].out_features for i in readout_units(len(units)))
@@ -131,7 +94,7 @@ def ff_prediction_ops(units: Sequence[Dense], batch_size: int, int8: bool, num_c
                 + fp32(mul=3 * b * c, add=3 * b * c)  # softmax, cross-entropy, dL/dlogits
                 + gemm(c, b, f, False) + fp32(add=b * c))  # g_W, g_b
     if negatives == "hard":
-        return _ff_forward(units, c * b, int8, goodness=True, labels_per_image=c)
+        return _ff_forward(units, c * b, int8, goodness=True)
     return ZERO
 
 
@@ -160,11 +123,8 @@ def chain_rungs(n_units: int, depth: int) -> list[tuple[int, int, int, int, int]
 
 
 def ff_step_ops(units: Sequence[Layer], batch_size: int, int8: bool, look_ahead: str = "none",
-                lam_active: bool = True, chain_depth: int | None = None, peer: bool = False,
-                shared_images: bool = True) -> OpCounts:
+                lam_active: bool = True, chain_depth: int | None = None, peer: bool = False) -> OpCounts:
     """One ff_gradients call on 2*batch_size rows (positives and negatives), optimiser excluded.
-    A dense first unit is fed LabelPairs, as the trainer does: it forms each image once
-    (shared_images=False: the stacked rows, as conv units are fed).
 
     Mirrors ffint8.train.ff for dense units and ffint8.train.ff_units for conv units: the shared
     forward of every unit, its goodness and local gradient g_z = c * y, then per unit from the
@@ -175,7 +135,7 @@ def ff_step_ops(units: Sequence[Layer], batch_size: int, int8: bool, look_ahead:
     into z (one multiply each); conv signals are w.r.t. the unit's output y.
     """
     m = 2 * batch_size
-    ops = _ff_forward(units, m, int8, labels_per_image=2 if shared_images else 1)
+    ops = _ff_forward(units, m, int8)
     for u in units:
         ops += fp32(mul=u.out_elems(m))  # g_z = c * y
         if peer:  # two batch means, the mask multiply, the add into g_z
@@ -189,10 +149,7 @@ def ff_step_ops(units: Sequence[Layer], batch_size: int, int8: bool, look_ahead:
         mask = 0 if conv else 1
         if chain and incoming:  # sum of k signals, (mask,) lam *, + g_z
             ops += fp32(mul=(1 + mask) * out, add=incoming * out)
-        if l == 0 and _shares_images(units, shared_images):
-            ops += _pairs_weight_grad(u, batch_size, int8)
-        else:
-            ops += c.weight_grad(u, m, int8)
+        ops += c.weight_grad(u, m, int8)
         if not chain or l == 0:
             continue
         if conv and int8:  # the unit's input requires grad: Int8Conv2d forms the entry g_x too

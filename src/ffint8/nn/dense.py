@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ffint8.data.labels import LabelPairs, embed_label
+from ffint8.data.labels import embed_label
 from ffint8.nn import functional as FF
 from ffint8.quant import QTensor, int8_mm, int8_mm_scaled, quantize
 
@@ -29,18 +29,6 @@ class DenseRecord:
     a_q: QTensor | None  # (B, D) int8 normalised input and its scale (INT8 path only)
     w_q: QTensor | None  # (N, D) int8 weight as used in the forward (INT8 path only)
     y: torch.Tensor  # (B, N) ReLU output; zero where z <= 0, so it carries the ReLU mask
-
-
-@dataclass
-class PairRecord:
-    """The first unit's forward of LabelPairs (FFDense.forward_pairs), kept for its update: each
-    image once for both rows of its pair. B images, 2B rows, D inputs, N units."""
-
-    a: torch.Tensor | None  # (B, D) float normalised images, label inputs zero (float path only)
-    a_q: QTensor | None  # (B, D) int8 of the same and its scale (INT8 path only)
-    hot: torch.Tensor  # (B, 1) the normalised label entry: float, or int32 in units of a_q.scale
-    labels: torch.Tensor  # (2B,) int64, each row's label
-    y: torch.Tensor  # (2B, N) ReLU output, positives then negatives
 
 
 class FFDense(nn.Module):
@@ -94,69 +82,6 @@ class FFDense(nn.Module):
         y = z.add_(b).relu_()
         return DenseRecord(h, r, None, None, a_q, w_q, y)
 
-    def _split_label(self, x: torch.Tensor, num_classes: int, norm: FF.Norm, int8: bool,
-                     seed: int | None) -> tuple[torch.Tensor | QTensor, torch.Tensor]:
-        """Images x (B, D) as rows with a label embedded, normalised (and quantised on the INT8
-        path: stochastic rounding keyed by seed with one scale for the batch, or, at inference,
-        seed None, round to nearest with one scale per row), split into the image part, its
-        first C inputs zero, and the label entry (B, 1): float, or int32 in units of the scale.
-
-        A label moves only the one-hot entry within the first C inputs, so the norm, the int8
-        scale and every other value of the row are the same whichever label is embedded."""
-        h = embed_label(x, torch.zeros(x.shape[0], dtype=torch.int64, device=x.device), num_classes)
-        a, _ = FF.normalize(h, norm)
-        if not int8:
-            hot = a[:, :1].clone()
-            a[:, :num_classes] = 0.0
-            return a, hot
-        a_q = (quantize(a, "stochastic", seed=seed) if seed is not None
-               else quantize(a, "nearest", channel_dim=0))
-        hot = a_q.q[:, :1].to(torch.int32)
-        a_q.q[:, :num_classes] = 0
-        return a_q, hot
-
-    def _labelled_sums(self, img: torch.Tensor | QTensor, hot: torch.Tensor,
-                       labels: torch.Tensor | None, num_classes: int, kernel: str,
-                       weight_channel: bool) -> torch.Tensor:
-        """z = W a + b of each image with each label of labels (L, B) (None: every label in
-        turn), from the image part and the label entry (_split_label): (L, B, N). The image's
-        product is formed once; a label adds hot times its column of W (of the int8 weight,
-        exactly, on the INT8 path)."""
-        w, bias = self.weight.detach(), self.bias.detach()
-        if not isinstance(img, QTensor):
-            cols = w[:, :num_classes].t()  # (C, N)
-            picked = cols.unsqueeze(1) if labels is None else cols[labels]
-            z = torch.mm(img, w.t()).unsqueeze(0) + hot.unsqueeze(0) * picked
-            return z.add_(bias)
-        w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
-        acc = int8_mm(img.q, w_q.q.t(), kernel)  # (B, N), exact
-        cols = w_q.q[:, :num_classes].t().to(acc.dtype)
-        picked = cols.unsqueeze(1) if labels is None else cols[labels]
-        acc = acc.unsqueeze(0) + hot.unsqueeze(0) * picked
-        w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
-        return acc.float().mul_(img.scale * w_scale).add_(bias)
-
-    def forward_pairs(
-        self,
-        pairs: LabelPairs,
-        norm: FF.Norm = "rms",
-        int8: bool = False,
-        seed: int | None = None,
-        kernel: str = "auto",
-        weight_channel: bool = False,
-    ) -> PairRecord:
-        """forward_record of pairs.stacked(), the image part formed and kept once for both rows
-        of a pair: half the first unit's forward MACs, and half its weight gradient's (see
-        ffint8.train.ff). On the INT8 path a pair shares one stochastic rounding of its image,
-        where the stacked rows would each draw their own."""
-        img, hot = self._split_label(pairs.images, pairs.num_classes, norm, int8, seed)
-        labels = torch.stack([pairs.pos, pairs.neg]).to(torch.int64)  # (2, B)
-        z = self._labelled_sums(img, hot, labels, pairs.num_classes, kernel, weight_channel)
-        y = z.relu_().reshape(-1, z.shape[2])
-        if int8:
-            return PairRecord(None, img, hot, labels.reshape(-1), y)
-        return PairRecord(img, None, hot, labels.reshape(-1), y)
-
     @torch.no_grad()
     def forward_each_label(
         self,
@@ -167,9 +92,31 @@ class FFDense(nn.Module):
         kernel: str = "auto",
         weight_channel: bool = False,
     ) -> torch.Tensor:
-        """Inference on images x (B, D) with each label embedded in turn (embed_label):
-        (C * B, N), label 0's B rows first, as forward_record gives for those rows (the same
-        integers on the INT8 path), with the image's product formed once: C times fewer MACs."""
-        img, hot = self._split_label(x, num_classes, norm, int8, None)
-        z = self._labelled_sums(img, hot, None, num_classes, kernel, weight_channel)
-        return z.relu_().reshape(-1, z.shape[2])
+        """Inference of the first unit on images x (B, D) with each label embedded in turn
+        (embed_label): (C * B, N), label 0's B rows first, as forward_record gives for those rows.
+
+        A label only moves the one-hot entry within the first C inputs, so every label's row has
+        the same norm and, on the INT8 path, the same per-row scale and the same int8 values but
+        for where that entry sits. The image's product with W is computed once (C times fewer
+        MACs) and each label adds its own column of W, of the int8 weight on the INT8 path,
+        where the accumulator stays exact: the same integers as forward_record's.
+        """
+        b, c = x.shape[0], num_classes
+        h = embed_label(x, torch.zeros(b, dtype=torch.int64, device=x.device), c)
+        a, _ = FF.normalize(h, norm)
+        w, bias = self.weight.detach(), self.bias.detach()
+        if not int8:
+            hot = a[:, :1].clone()  # (B, 1) the label's normalised entry
+            a[:, :c] = 0.0
+            z = torch.mm(a, w.t()).unsqueeze(0) + hot.unsqueeze(0) * w[:, :c].t().unsqueeze(1)
+        else:
+            a_q = quantize(a, "nearest", channel_dim=0)  # as forward_record at inference
+            q = a_q.q
+            hot = q[:, :1].to(torch.int32)
+            q[:, :c] = 0
+            w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
+            acc = int8_mm(q, w_q.q.t(), kernel)  # (B, N) exact
+            acc = acc.unsqueeze(0) + hot.unsqueeze(0) * w_q.q[:, :c].t().to(acc.dtype).unsqueeze(1)
+            w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
+            z = acc.float().mul_(a_q.scale * w_scale)  # (C, B, N)
+        return z.add_(bias).relu_().reshape(c * b, -1)

@@ -16,9 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from ffint8.data.labels import LabelPairs
 from ffint8.nn import functional as FF
-from ffint8.nn.dense import DenseRecord, FFDense, PairRecord
+from ffint8.nn.dense import DenseRecord, FFDense
 from ffint8.quant import int8_mm_scaled, quantize
 from ffint8.quant.fastsr import mix64
 from ffint8.train.config import FFConfig
@@ -37,16 +36,14 @@ class SeedStream:
 
 
 def forward_records(
-    units: list[FFDense], x: torch.Tensor | LabelPairs, cfg: FFConfig, seeds: SeedStream | None
-) -> list[DenseRecord | PairRecord]:
-    """The shared forward pass: each unit's input is the previous unit's output. x: the (2B, D)
-    rows, or LabelPairs, whose images the first unit forms once for both rows of a pair."""
-    records: list[DenseRecord | PairRecord] = []
+    units: list[FFDense], x: torch.Tensor, cfg: FFConfig, seeds: SeedStream | None
+) -> list[DenseRecord]:
+    """The shared forward pass: each unit's input is the previous unit's output."""
+    records = []
     h = x
     for unit in units:
         seed = seeds.next() if (cfg.int8 and seeds is not None) else None
-        args = (cfg.norm, cfg.int8, seed, cfg.int8_kernel, cfg.weight_channel)
-        rec = unit.forward_pairs(h, *args) if isinstance(h, LabelPairs) else unit.forward_record(h, *args)
+        rec = unit.forward_record(h, cfg.norm, cfg.int8, seed, cfg.int8_kernel, cfg.weight_channel)
         records.append(rec)
         h = rec.y
     return records
@@ -67,31 +64,10 @@ def _weight_grad(
     g_z: torch.Tensor, rec: DenseRecord, cfg: FFConfig, seeds: SeedStream
 ) -> torch.Tensor:
     """g_W = g_z^T a: (N, B) @ (B, D) -> (N, D); int8 x int8 on the INT8 path."""
-    if isinstance(rec, PairRecord):
-        return _pair_weight_grad(g_z, rec, cfg, seeds)
     if not cfg.int8:
         return g_z.t() @ rec.a
     g_q = quantize(g_z, "stochastic", seed=seeds.next())
     return int8_mm_scaled(g_q.q.t(), g_q.scale, rec.a_q.q, rec.a_q.scale, cfg.int8_kernel)
-
-
-def _pair_weight_grad(
-    g_z: torch.Tensor, rec: PairRecord, cfg: FFConfig, seeds: SeedStream
-) -> torch.Tensor:
-    """g_W of a first unit fed LabelPairs. Rows i and B + i share image i, so the image columns
-    take (g_pos + g_neg)^T a: one GEMM of B rows, not 2B (int8 x int8 on the INT8 path, where
-    the sum is quantised instead of each half). A label's column takes the sum of hot * g_z over
-    the rows with that label: one multiply-add per row and unit, no GEMM, in float like g_b."""
-    b = rec.hot.shape[0]
-    g_sum = g_z[:b] + g_z[b:]
-    if cfg.int8:
-        g_q = quantize(g_sum, "stochastic", seed=seeds.next())
-        g_w = int8_mm_scaled(g_q.q.t(), g_q.scale, rec.a_q.q, rec.a_q.scale, cfg.int8_kernel)
-        hot = rec.hot.float() * rec.a_q.scale
-    else:
-        g_w = g_sum.t() @ rec.a
-        hot = rec.hot
-    return g_w.index_add_(1, rec.labels, (g_z * hot.repeat(2, 1)).t())
 
 
 def _input_grad(
@@ -111,23 +87,23 @@ def _input_grad(
 
 def ff_gradients(
     units: list[FFDense],
-    x: torch.Tensor | LabelPairs,
+    x: torch.Tensor,
     t: torch.Tensor,
     cfg: FFConfig,
     lam: float,
     seeds: SeedStream,
     on_unit: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Forward x (B, D) (or LabelPairs: B = 2 * its images) with targets t (B,) once, set .grad
-    of every unit's parameters, and return each unit's loss as its objective defines it: (L,),
-    detached. on_unit: see gradients_from_records."""
+    """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
+    return each unit's loss as its objective defines it: (L,), detached. on_unit: see
+    gradients_from_records."""
     records = forward_records(units, x, cfg, seeds)
     return gradients_from_records(units, records, t, cfg, lam, seeds, on_unit=on_unit)
 
 
 def gradients_from_records(
     units: list[FFDense],
-    records: list[DenseRecord | PairRecord],
+    records: list[DenseRecord],
     t: torch.Tensor,
     cfg: FFConfig,
     lam: float,

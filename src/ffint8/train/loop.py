@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from ffint8.data import LabelPairs, embed_label, embed_neutral, hard_negative_labels, sample_negative_labels
+from ffint8.data import embed_label, embed_neutral, hard_negative_labels, sample_negative_labels
 from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
@@ -130,8 +130,8 @@ class FFTrainer:
         self.history = [EpochLog.from_dict(d) for d in state["history"]]
 
     def _batch(self, xb: torch.Tensor, yb: torch.Tensor,
-               neg: torch.Tensor | None = None) -> tuple[LabelPairs, torch.Tensor]:
-        """Positives then negatives of the same B images; targets (2B,).
+               neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positives then negatives (B, D) each, stacked to (2B, D); targets (2B,).
         neg: the wrong labels (default: drawn uniformly)."""
         b = xb.shape[0]
         if neg is None:
@@ -139,8 +139,11 @@ class FFTrainer:
         if self.parallel is not None:  # every rank draws the global batch and keeps its rows
             rows = self.parallel.rows(b)
             xb, yb, neg, b = xb[rows], yb[rows], neg[rows], rows.stop - rows.start
+        x = torch.empty(2 * b, xb.shape[1], dtype=xb.dtype)
+        embed_label(xb, yb, self.num_classes, out=x[:b])
+        embed_label(xb, neg, self.num_classes, out=x[b:])
         t = torch.cat([torch.ones(b, dtype=xb.dtype), torch.zeros(b, dtype=xb.dtype)])
-        return LabelPairs(xb, yb, neg, self.num_classes), t
+        return x, t
 
     def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
                     unit: int | None = None, progress: bool = False) -> tuple[float, float]:
@@ -173,9 +176,7 @@ class FFTrainer:
                     neg = hard_negative_labels(logits, yb, self.generator)
             elif ff.negatives == "hard":  # goodness prediction: one forward per label
                 neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
-            pairs, t = self._batch(xb, yb, neg)
-            # dense units: the first one forms each image once for both of its rows
-            x = pairs if self.dense else pairs.stacked()
+            x, t = self._batch(xb, yb, neg)
             step_fn = ff_gradients if self.dense else ff_units.ff_gradients
             if self.per_unit_update:
                 losses = step_fn(units, x, t, ff, lam, self.seeds,
