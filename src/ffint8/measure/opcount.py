@@ -41,6 +41,7 @@ from ffint8.measure.counts import (  # noqa: F401  (re-exported: the counts' pub
     counters,
     fp32,
     gemm,
+    macs,
     optimizer_ops,
 )
 
@@ -54,13 +55,31 @@ def mlp_layers(in_features: int, hidden: Sequence[int], num_classes: int | None 
 Layer = Dense | ConvUnit  # what the training steps walk; BP adds a head (Dense or PoolHead)
 
 
-def _ff_forward(units: Sequence[Layer], rows: int, int8: bool, goodness: bool = True) -> OpCounts:
+def _each_label_forward(u: Dense, images: int, labels: int, int8: bool) -> OpCounts:
+    """A first dense unit on `images` images with each of `labels` labels embedded in turn
+    (FFDense.forward_each_label): the norm, the quantisation and the image's product once per
+    image; per row one multiply-accumulate per output for the label's column (8 x 8 bits on the
+    INT8 path), the rescale and the bias."""
+    out = u.out_elems(images * labels)
+    ops = (fp32(mul=2 * u.in_elems(images), add=u.in_elems(images)) + macs(u.macs(images), int8)
+           + macs(out, int8) + fp32(add=out))
+    if int8:
+        ops += OpCounts(quantized=u.in_elems(images) + u.weights) + fp32(mul=out)
+    return ops
+
+
+def _ff_forward(units: Sequence[Layer], rows: int, int8: bool, goodness: bool = True,
+                labels: int = 1) -> OpCounts:
     """The shared forward: per unit the rms norm (square, sum, divide), the unit's body, and
-    (goodness) the goodness and local gradient, or the goodness alone."""
+    (goodness) the goodness and local gradient, or the goodness alone. labels > 1: the rows are
+    every label of rows // labels images, whose image a dense first unit forms once."""
     ops = ZERO
-    for u in units:
-        forward = counters(u).forward
-        ops += fp32(mul=2 * u.in_elems(rows), add=u.in_elems(rows)) + forward(u, rows, int8)
+    for i, u in enumerate(units):
+        if i == 0 and labels > 1 and isinstance(u, Dense):
+            ops += _each_label_forward(u, rows // labels, labels, int8)
+        else:
+            forward = counters(u).forward
+            ops += fp32(mul=2 * u.in_elems(rows), add=u.in_elems(rows)) + forward(u, rows, int8)
         if goodness:
             ops += fp32(mul=u.out_elems(rows), add=u.out_elems(rows))
     return ops
@@ -84,8 +103,9 @@ def ff_prediction_ops(units: Sequence[Dense], batch_size: int, int8: bool, num_c
     """The extra passes of one training step (ffint8.train.loop) beside ff_gradients.
     predict="softmax": a neutral-label forward of batch_size rows, the readout's features
     (normalised outputs), its logits, cross-entropy and gradient. negatives="hard" with
-    goodness prediction: a forward of every label (num_classes x batch_size rows). (With the
-    greedy schedule the loop runs these passes over all units; here over `units`.)"""
+    goodness prediction: a forward of every label (num_classes x batch_size rows, a dense first
+    unit forming each image once). (With the greedy schedule the loop runs these passes over all
+    units; here over `units`.)"""
     b, c = batch_size, num_classes
     if predict == "softmax":
         f = sum(units[i].out_features for i in readout_units(len(units)))
@@ -94,7 +114,7 @@ def ff_prediction_ops(units: Sequence[Dense], batch_size: int, int8: bool, num_c
                 + fp32(mul=3 * b * c, add=3 * b * c)  # softmax, cross-entropy, dL/dlogits
                 + gemm(c, b, f, False) + fp32(add=b * c))  # g_W, g_b
     if negatives == "hard":
-        return _ff_forward(units, c * b, int8, goodness=True)
+        return _ff_forward(units, c * b, int8, goodness=True, labels=c)
     return ZERO
 
 
