@@ -52,13 +52,14 @@ def _embedded_each_label(x: torch.Tensor, c: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("weight_channel", [False, True])
 @pytest.mark.parametrize("norm", ["rms", "l2"])
-def test_each_label_int8_equals_the_embedded_rows(norm, weight_channel):
+@pytest.mark.parametrize("d", [60, 1100])  # sums exact in float32 (D <= 1024), or int32 ones
+def test_each_label_int8_equals_the_embedded_rows(norm, weight_channel, d):
     # Pixels in quarters: every row's sum of squares is exact in float32, so the norm (and the
     # per-row int8 scale) of the C embedded rows cannot differ in the last bit, and the shared
     # product must give the very same integers, hence the same floats.
     torch.manual_seed(0)
-    unit = FFDense(60, 24)
-    x = torch.randint(0, 5, (7, 60)).float() / 4
+    unit = FFDense(d, 24)
+    x = torch.randint(0, 5, (7, d)).float() / 4
     x[0] = 0.0  # an all-zero image: the label alone sets the row's scale
     want = unit.forward_record(_embedded_each_label(x, 10), norm, True, None, "auto",
                                weight_channel).y

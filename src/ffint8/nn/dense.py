@@ -16,6 +16,7 @@ from torch import nn
 from ffint8.data.labels import embed_label
 from ffint8.nn import functional as FF
 from ffint8.quant import QTensor, int8_mm, int8_mm_scaled, quantize
+from ffint8.quant.gemm import FLOAT_EXACT_K
 
 
 @dataclass
@@ -105,10 +106,12 @@ class FFDense(nn.Module):
         h = embed_label(x, torch.zeros(b, dtype=torch.int64, device=x.device), c)
         a, _ = FF.normalize(h, norm)
         w, bias = self.weight.detach(), self.bias.detach()
+        # (C, B, N) = the image's product (B, N) + hot (B, 1) x each label's column (C, 1, N),
+        # made in one pass (addcmul): the only C-fold tensors are the output's
         if not int8:
             hot = a[:, :1].clone()  # (B, 1) the label's normalised entry
             a[:, :c] = 0.0
-            z = torch.mm(a, w.t()).unsqueeze(0) + hot.unsqueeze(0) * w[:, :c].t().unsqueeze(1)
+            z = torch.addcmul(torch.mm(a, w.t()), hot, w[:, :c].t().unsqueeze(1))
         else:
             a_q = quantize(a, "nearest", channel_dim=0)  # as forward_record at inference
             q = a_q.q
@@ -116,7 +119,11 @@ class FFDense(nn.Module):
             q[:, :c] = 0
             w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
             acc = int8_mm(q, w_q.q.t(), kernel)  # (B, N) exact
-            acc = acc.unsqueeze(0) + hot.unsqueeze(0) * w_q.q[:, :c].t().to(acc.dtype).unsqueeze(1)
+            cols = w_q.q[:, :c].t().unsqueeze(1)
+            if x.shape[1] <= FLOAT_EXACT_K:  # every sum of D products is an exact float32
+                z = torch.addcmul(acc.float(), hot.float(), cols.float())
+            else:
+                z = torch.addcmul(acc, hot.to(acc.dtype), cols.to(acc.dtype)).float()
             w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
-            z = acc.float().mul_(a_q.scale * w_scale)  # (C, B, N)
+            z = z.mul_(a_q.scale * w_scale)
         return z.add_(bias).relu_().reshape(c * b, -1)
