@@ -298,3 +298,83 @@ def test_compile_failure_leaves_nothing(tmp_path, monkeypatch):
     assert fastsr._compile(out) is False
     assert not out.exists()
     assert list(out.parent.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# one scale per row, round to nearest (inference)
+
+
+def _rows_reference(x):
+    """The plain PyTorch path: absmax_scale per row, x / scale, round half to even, clamp."""
+    from ffint8.quant.quantize import absmax_scale, round_nearest
+
+    scale = absmax_scale(x, channel_dim=0)
+    return round_nearest(x / scale), scale
+
+
+def _awkward_rows(cols, gen):
+    """Rows that probe the rounding: ordinary, all zero, exact ties, subnormal, huge, one value."""
+    rows = [torch.randn(cols, generator=gen), torch.zeros(cols),
+            torch.rand(cols, generator=gen) * 1e-3, torch.randn(cols, generator=gen) * 1e30,
+            torch.full((cols,), 1e-40), torch.zeros(cols)]
+    step = 0.25 / 127  # max 0.25: multiples of half a step are ties of x / scale
+    ties = (torch.randint(-254, 255, (cols,), generator=gen) * 0.5 * step).float()
+    ties[0] = 0.25
+    rows.append(ties)
+    rows[-2][cols // 2] = -3.0
+    return torch.stack(rows)
+
+
+@needs_lib
+@pytest.mark.parametrize("cols", [1, 13, 1000])
+def test_rows_nearest_equals_the_pytorch_path(cols):
+    gen = torch.Generator().manual_seed(cols)
+    for x in (_awkward_rows(cols, gen), torch.randn(300, cols, generator=gen) * 3.7):
+        q, scale = fastsr.quantize_rows_nearest(x)
+        want_q, want_scale = _rows_reference(x)
+        assert q.dtype == torch.int8 and scale.shape == (x.shape[0], 1)
+        assert torch.equal(scale, want_scale)
+        assert torch.equal(q, want_q)
+
+
+@needs_lib
+def test_rows_nearest_rounds_ties_to_even():
+    # max 127 gives scale 1: x / scale is x itself
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5]])
+    q, scale = fastsr.quantize_rows_nearest(x)
+    assert float(scale) == 1.0
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2]]
+
+
+@needs_lib
+def test_rows_nearest_marks_a_bad_row_only():
+    x = torch.randn(4, 9)
+    x[1, 3], x[2, 0] = float("nan"), float("inf")
+    q, scale = fastsr.quantize_rows_nearest(x)
+    assert math.isnan(scale[1, 0]) and math.isnan(scale[2, 0])
+    assert q[1].abs().sum() == 0 and q[2].abs().sum() == 0
+    want_q, want_scale = _rows_reference(x[[0, 3]])
+    assert torch.equal(q[[0, 3]], want_q) and torch.equal(scale[[0, 3]], want_scale)
+
+
+@needs_lib
+def test_quantize_per_row_takes_the_fused_path(monkeypatch):
+    from ffint8.quant import quantize
+
+    x = torch.randn(5, 20)
+    calls = []
+    real = fastsr.quantize_rows_nearest
+    monkeypatch.setattr(fastsr, "quantize_rows_nearest", lambda t: calls.append(t.shape) or real(t))
+    got = quantize(x, "nearest", channel_dim=0)
+    assert calls == [(5, 20)]
+    want_q, want_scale = _rows_reference(x)
+    assert torch.equal(got.q, want_q) and torch.equal(got.scale, want_scale)
+    quantize(x, "nearest", channel_dim=1)  # one scale per column: the plain path
+    quantize(x.unsqueeze(0), "nearest", channel_dim=0)  # not 2-D: the plain path
+    assert calls == [(5, 20)]
+
+
+def test_rows_nearest_declines_what_it_cannot_take():
+    assert fastsr.quantize_rows_nearest(torch.randn(3, 4, 5)) is None
+    assert fastsr.quantize_rows_nearest(torch.randn(6, 5).t()) is None
+    assert fastsr.quantize_rows_nearest(torch.randn(6, 5, dtype=torch.float64)) is None

@@ -85,6 +85,8 @@ def _library() -> ctypes.CDLL | None:
         ctypes.c_uint32, ctypes.c_uint32,
     ]
     f, i64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
+    lib.ffq_quantize_rows_nearest.restype = None
+    lib.ffq_quantize_rows_nearest.argtypes = [ptr, ptr, ptr, i64, i64, f]
     lib.ffq_adam8.restype = None
     lib.ffq_adam8.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
@@ -138,6 +140,23 @@ def quantize_per_tensor(
             x.data_ptr(), q.data_ptr(), n, 1.0 / scale, key & _MASK32, key >> 32
         )
     return q, torch.tensor(scale, dtype=torch.float32)
+
+
+def quantize_rows_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Fused round-to-nearest quantisation of a contiguous 2-D CPU float32 tensor with one scale
+    per row, or None if unavailable. Returns (q int8 of x's shape, scale (rows, 1) float32): the
+    values of the PyTorch path (ties to even); a row with a NaN or Inf gets a NaN scale."""
+    lib = _usable(x)
+    if lib is None or x.dim() != 2:
+        return None
+    q = torch.empty(x.shape, dtype=torch.int8)
+    scale = torch.empty(x.shape[0], 1, dtype=torch.float32)
+    if x.numel():
+        lib.ffq_quantize_rows_nearest(x.data_ptr(), q.data_ptr(), scale.data_ptr(), x.shape[0],
+                                      x.shape[1], _TINY)
+    else:
+        scale.fill_(1.0)  # as absmax_scale gives an empty row
+    return q, scale
 
 
 MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c

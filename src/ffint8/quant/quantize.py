@@ -73,7 +73,10 @@ def quantize(
     For stochastic rounding, give either `seed` (a 64-bit integer; uses the fused counter-based
     kernel when it is available for x's device, else torch.rand seeded from it) or `generator`
     (always the plain torch.rand path). Per-tensor round-to-nearest uses the fused kernel too;
-    its ties round up rather than to even (both within half a step).
+    its ties round up rather than to even (both within half a step). Round-to-nearest with one
+    scale per row of a 2-D tensor (channel_dim 0, as inference quantises activations) uses a
+    fused kernel that gives the plain path's values, ties to even; a row holding a NaN or Inf
+    gets a NaN scale.
     """
     if rounding not in ("nearest", "stochastic"):
         raise ValueError(f"rounding must be 'nearest' or 'stochastic', not {rounding!r}")
@@ -81,6 +84,10 @@ def quantize(
     fused_ok = channel_dim is None and generator is None
     if fused_ok and (rounding == "nearest" or seed is not None):
         fused = fastsr.quantize_per_tensor(x.contiguous(), seed if rounding == "stochastic" else None)
+        if fused is not None:
+            return QTensor(*fused)
+    if rounding == "nearest" and x.dim() == 2 and channel_dim in (0, -2):  # one scale per row
+        fused = fastsr.quantize_rows_nearest(x.contiguous())
         if fused is not None:
             return QTensor(*fused)
     if rounding == "stochastic" and generator is None and seed is not None:

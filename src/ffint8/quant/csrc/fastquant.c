@@ -49,6 +49,32 @@ void ffq_quantize_nearest(const float *restrict x, int8_t *restrict q, int64_t n
     }
 }
 
+/* One scale per row of a (rows, cols) row-major x, rounding to nearest with ties to even:
+ * scale[r] = max(max|x_r| / 127, tiny), 1 for an all-zero row, NaN for a row holding a NaN or
+ * Inf (its q then 0); q = clamp(rint(x / scale[r]), -127, 127). The same operations, in the same
+ * float32 rounding, as the PyTorch path (absmax_scale, x / scale, round, clamp), so the same
+ * values; division, not a reciprocal multiply, for that reason. */
+void ffq_quantize_rows_nearest(const float *restrict x, int8_t *restrict q, float *restrict scale,
+                               int64_t rows, int64_t cols, float tiny) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *restrict xr = x + r * cols;
+        int8_t *restrict qr = q + r * cols;
+        float amax = ffq_absmax(xr, cols);
+        if (amax != amax) {
+            scale[r] = NAN;
+            memset(qr, 0, (size_t)cols);
+            continue;
+        }
+        float s = amax / 127.0f;
+        s = s < tiny ? tiny : s;
+        s = amax == 0.0f ? 1.0f : s;
+        scale[r] = s;
+        for (int64_t i = 0; i < cols; i++) {
+            qr[i] = (int8_t)(int32_t)clamp127(nearbyintf(xr[i] / s));
+        }
+    }
+}
+
 /* Stochastic rounding: floor(v) + (u < frac(v)) with v = x[i] * inv_scale and
  * u = top 24 bits of mix32((i ^ k1) * golden + k2) / 2^24, so P(up) = frac(v) to within 2^-24. */
 void ffq_quantize_stochastic(const float *restrict x, int8_t *restrict q, int64_t n,
