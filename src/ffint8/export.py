@@ -126,12 +126,10 @@ class FFInference(nn.Module):
                 if i in self.readout_units:
                     feats.append(self.normalize(h))
             return torch.addmm(self.readout_bias, torch.cat(feats, dim=1), self.readout_weight.t())
-        h = None
+        h = self.first_unit_each_label(x.float())
         total = None
         for i in range(self.num_units):  # fixed at export time
-            if i == 0:
-                h = self.first_unit_each_label(x.float())
-            else:
+            if i > 0:
                 w, b = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
                 h = torch.addmm(b, self.normalize(h), w.t()).relu()
             if i in self.scored_units:
