@@ -188,25 +188,74 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        eval_every=a.eval_every, ff=ff)
 
 
+def _layered_defaults(args: argparse.Namespace) -> dict:
+    """The train defaults that --preset and then --config set (a ConfigError when bad)."""
+    defaults = {}
+    if args.preset:
+        if args.preset not in PRESETS:
+            raise ConfigError(f"invalid --preset {args.preset!r}; choose one of: "
+                              f"{', '.join(PRESETS)}")
+        defaults.update(PRESETS[args.preset])
+    if args.config:
+        from ffint8.configfile import load_config_file
+
+        defaults.update(load_config_file(args.config, config_file_keys()))
+    if "hidden" in defaults:
+        defaults["hidden"] = tuple(defaults["hidden"])
+    return defaults
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; for train, defaults come from built-ins < --preset < --config <
     flags. A bad preset or config file is a ConfigError."""
     args = build_parser().parse_args(argv)
     if args.command == "train" and (args.config or args.preset):
-        defaults = {}
-        if args.preset:
-            if args.preset not in PRESETS:
-                raise ConfigError(f"invalid --preset {args.preset!r}; choose one of: "
-                                  f"{', '.join(PRESETS)}")
-            defaults.update(PRESETS[args.preset])
-        if args.config:
-            from ffint8.configfile import load_config_file
-
-            defaults.update(load_config_file(args.config, config_file_keys()))
-        if "hidden" in defaults:
-            defaults["hidden"] = tuple(defaults["hidden"])
-        args = build_parser(defaults).parse_args(argv)
+        args = build_parser(_layered_defaults(args)).parse_args(argv)
     return args
+
+
+# What a resumed run may be given beside --resume: none of it changes what is trained.
+_RESUME_FREE = frozenset({"command", "resume", "epochs", "no_progress", "tensorboard",
+                          "distributed", "grad_int8"})
+
+
+def _given_train_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
+    """The destinations of the train options that argv sets, on the line or through --preset or
+    --config, rather than leaving them at the built-in defaults."""
+    unset = object()
+    dests = vars(build_parser().parse_args(["train"]))
+    probe = build_parser({k: unset for k in dests if k != "command"}).parse_args(argv)
+    return {k for k, v in vars(probe).items() if v is not unset} | set(_layered_defaults(args))
+
+
+def check_resume_options(args: argparse.Namespace, argv: list[str], saved: TrainConfig) -> None:
+    """A ConfigError naming every option given with --resume that differs from the run's own
+    configuration; repeating the run's first command line with --resume added is fine."""
+    def flat(cfg: TrainConfig) -> dict:
+        d = cfg.to_dict()
+        d.update(d.pop("ff"))
+        d["weight_per_channel"] = d.pop("weight_channel")
+        return d
+
+    asked, have = flat(config_from_args(args)), flat(saved)
+    differ = []
+    for key in sorted(_given_train_options(args, argv) - _RESUME_FREE):
+        if key == "out":
+            if Path(args.out).resolve() != Path(args.resume).resolve():
+                differ.append(f"--out {args.out} (the run is {args.resume})")
+        elif key in have and asked[key] != have[key]:
+            differ.append(f"--{key.replace('_', '-')} {_shown(asked[key])} "
+                          f"(the run has {_shown(have[key])})")
+    if differ:
+        raise ConfigError(f"--resume {args.resume}: a resumed run keeps the configuration it was "
+                          f"started with (only --epochs may change), but {'; '.join(differ)}; "
+                          "drop those options, or start a new run with its own --out")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             from ffint8.train.run import resume_config, run_training
 
             if args.resume:
-                cfg = resume_config(args.resume, args.epochs)
+                line = sys.argv[1:] if argv is None else argv
+                cfg = resume_config(args.resume, args.epochs,
+                                    check=lambda saved: check_resume_options(args, line, saved))
                 args.out = args.resume
             else:
                 cfg = config_from_args(args)

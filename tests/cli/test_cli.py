@@ -143,6 +143,39 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     assert rc == 2 and "no checkpoint.pt" in err
 
 
+def test_resume_refuses_options_that_change_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    rc, err = _error(capsys, ["train", "--resume", str(run), "--epochs", "2", "--hidden", "32,32",
+                              "--algo", "bp-fp32", "--out", str(tmp_path / "other")])
+    assert rc == 2 and err.count("\n") == 1
+    assert "--hidden 32,32 (the run has 64,64)" in err
+    assert "--algo bp-fp32 (the run has ff-int8)" in err and "--out" in err
+    assert "--batch-size" not in err  # given the same as the run had: not a conflict
+    rc, err = _error(capsys, ["train", "--resume", str(run), "--preset", "paper"])
+    assert rc == 2 and "--look-ahead collab (the run has chain)" in err
+    assert (run / "checkpoint.pt").read_bytes() == before  # nothing was trained or written
+    assert json.loads((run / "metrics.json").read_text())["epochs"][-1]["epoch"] == 1
+
+
+def test_resume_takes_the_first_command_line_again(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["train", *SMALL, "--epochs", "2", "--out", str(run), "--resume", str(run)]) == 0
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
+
+
+def test_resume_from_a_model_file_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
+    (run / "checkpoint.pt").write_bytes((run / "model.pt").read_bytes())
+    capsys.readouterr()
+    rc, err = _error(capsys, ["train", "--resume", str(run), "--epochs", "2"])
+    assert rc == 2 and "weights only" in err and "checkpoint.pt" in err
+
+
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('dataset = "synthetic"\nhidden = [32]\nlimit_train = 300\nlimit_test = 50\n'

@@ -127,14 +127,28 @@ def expect_checkpoint(path: str | Path, model: str | None = None, algo: str | No
                                   f"not the {flag} {want} asked for")
 
 
+def load_training_checkpoint(path: str | Path) -> tuple[TrainConfig, dict]:
+    """The config and blob of a checkpoint.pt a run can resume from; a CheckpointError for a file
+    that holds weights only (a model.pt)."""
+    _, cfg, blob = load_checkpoint(path)
+    if "trainer" not in blob:
+        raise CheckpointError(f"{path}: holds a model's weights only (like model.pt), not the "
+                              "trainer state a run resumes from")
+    return cfg, blob
+
+
 def resume_config(run_dir: str | Path, epochs: int | None = None,
-                  log: Callable[[str], None] = print) -> TrainConfig:
+                  log: Callable[[str], None] = print,
+                  check: Callable[[TrainConfig], None] | None = None) -> TrainConfig:
     """The config a run directory was started with (epochs replaced when given; with a learning
-    rate schedule that then stretches, log says so)."""
+    rate schedule that then stretches, log says so). check, if given, sees the run's own config
+    first and may raise."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoint.pt there to resume from")
-    _, cfg, _ = load_checkpoint(path)
+    cfg, _ = load_training_checkpoint(path)
+    if check is not None:
+        check(cfg)
     if epochs is not None and epochs != cfg.epochs:
         if cfg.lr_schedule != "constant":
             log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
@@ -192,11 +206,15 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     if lead:
         dump_resolved(cfg.to_dict(), out / "config.yaml")
     if resume:
-        _, saved_cfg, blob = load_checkpoint(ckpt)
+        saved_cfg, blob = load_training_checkpoint(ckpt)
         same = {"epochs": 0, "eval_every": 1}  # may change on resume: training does not depend on them
         if saved_cfg.to_dict() | same != cfg.to_dict() | same:
             raise CheckpointError(f"{ckpt}: written by a run with another configuration")
-        trainer.load_state_dict(blob["trainer"])
+        try:
+            trainer.load_state_dict(blob["trainer"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{ckpt}: its trainer state does not fit this run: {first}") from None
         log(f"resuming {ckpt} after epoch {trainer.epoch}")
     if parallel is not None:
         parallel.check_data(len(data.train), cfg.batch_size)
