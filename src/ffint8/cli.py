@@ -219,13 +219,30 @@ _RESUME_FREE = frozenset({"command", "resume", "epochs", "no_progress", "tensorb
                           "distributed", "grad_int8"})
 
 
-def _given_train_options(args: argparse.Namespace, argv: list[str]) -> set[str]:
-    """The destinations of the train options that argv sets, on the line or through --preset or
-    --config, rather than leaving them at the built-in defaults."""
+def _given_train_options(args: argparse.Namespace, argv: list[str], layered: bool = True) -> set[str]:
+    """The destinations of the train options that argv sets on the line (and, with layered,
+    through --preset or --config) rather than leaving them at the built-in defaults."""
     unset = object()
     dests = vars(build_parser().parse_args(["train"]))
     probe = build_parser({k: unset for k in dests if k != "command"}).parse_args(argv)
-    return {k for k, v in vars(probe).items() if v is not unset} | set(_layered_defaults(args))
+    given = {k for k, v in vars(probe).items() if v is not unset}
+    return given | set(_layered_defaults(args)) if layered else given
+
+
+def check_model_options(args: argparse.Namespace, argv: list[str]) -> None:
+    """A ConfigError for a model option on the line that the chosen model does not take
+    (--hidden for a CNN, --width or --label-plane for the MLP), rather than ignoring it."""
+    from ffint8.models import model_options
+
+    takes = model_options(args.model)
+    wrong = [k for k in ("hidden", "width", "label_plane")
+             if k in _given_train_options(args, argv, layered=False) and k not in takes]
+    if wrong:
+        flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+        have = [flag(k) for k in ("hidden", "width", "label_plane") if k in takes]
+        raise ConfigError(f"{', '.join(map(flag, wrong))}: model {args.model} does not take "
+                          f"{'it' if len(wrong) == 1 else 'them'}; its shape options are "
+                          f"{', '.join(have) or 'none'}")
 
 
 def check_resume_options(args: argparse.Namespace, argv: list[str], saved: TrainConfig) -> None:
@@ -268,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from ffint8.train.run import resume_config, run_training
 
+            line = sys.argv[1:] if argv is None else argv
             if args.resume:
-                line = sys.argv[1:] if argv is None else argv
                 cfg = resume_config(args.resume, args.epochs,
                                     check=lambda saved: check_resume_options(args, line, saved))
                 args.out = args.resume
             else:
+                check_model_options(args, line)
                 cfg = config_from_args(args)
             if args.distributed:
                 from ffint8.dist.launch import run_distributed

@@ -25,6 +25,8 @@ TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "50", 
     (["--extra", "--seed 3"], "--extra may not set --seed"),
     (["--extra", "--hiden 32"], "unrecognized arguments: --hiden"),
     (["--extra", "--lr -1"], "cell mlp_fashion-mnist_ff-int8_s0: --lr must be > 0"),
+    (["--models", "mlp,resnet18", "--extra", "--hidden 32"],
+     "cell resnet18_fashion-mnist_ff-int8_s0: --hidden: model resnet18 does not take it"),
 ])
 def test_bad_matrix_fails_before_anything_runs(tmp_path, capsys, argv, message):
     out = tmp_path / "bench"

@@ -176,6 +176,17 @@ def test_resume_from_a_model_file_is_a_clear_error(tmp_path, capsys):
     assert rc == 2 and "weights only" in err and "checkpoint.pt" in err
 
 
+@pytest.mark.parametrize("model,flags,needle", [
+    ("resnet18", ["--hidden", "10,10"], "--hidden: model resnet18 does not take it"),
+    ("mlp", ["--width", "0.5", "--label-plane"], "--width, --label-plane: model mlp does not take them"),
+])
+def test_a_shape_option_the_model_does_not_take_is_refused(tmp_path, capsys, model, flags, needle):
+    rc, err = _error(capsys, ["train", "--model", model, *flags, "--dataset", "synthetic",
+                              "--out", str(tmp_path / "r")])
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('dataset = "synthetic"\nhidden = [32]\nlimit_train = 300\nlimit_test = 50\n'

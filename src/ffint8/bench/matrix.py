@@ -142,6 +142,7 @@ def validate(spec: BenchSpec) -> None:
             flags = "--extra" + (" / --bp-extra" if spec.bp_extra else "")
             raise ConfigError(f"{flags} {shlex.join(spec.extra_for(cell.algo))!r}: {why}") from None
         try:
+            cli.check_model_options(args, argv)
             cli.config_from_args(args)
         except ConfigError as exc:
             raise ConfigError(f"cell {cell.name}: {exc}") from None

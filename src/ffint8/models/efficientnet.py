@@ -18,14 +18,13 @@ STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3)
 
 
 @register_model("efficientnet_b0")
-def efficientnet_b0(in_features: int = 784, hidden: tuple[int, ...] = (), num_classes: int = 10,
+def efficientnet_b0(in_features: int = 784, num_classes: int = 10,
                     classifier: bool = False, readout: bool = False, width: float = 1.0,
                     label_plane: bool = False, norm: str = "batch",
                     image_shape: tuple[int, int, int] | None = None, se: bool = True,
                     **_: object) -> ConvNet:
-    """hidden (the MLP's widths) is ignored; width scales every layer's channels, the last
-    one's 1280 included; se=False drops squeeze-excitation; see ffint8.nn.blocks for norm and
-    label_plane."""
+    """width scales every layer's channels, the last one's 1280 included; se=False drops
+    squeeze-excitation; see ffint8.nn.blocks for norm and label_plane."""
     shape = cnn_input("efficientnet_b0", in_features, image_shape, width, readout)
     cin = make_divisible(32 * width)
     units = [StemBlock(shape, cin, num_classes, label_plane, norm, act="silu")]

@@ -18,12 +18,12 @@ STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3,
 
 
 @register_model("mobilenetv2")
-def mobilenetv2(in_features: int = 784, hidden: tuple[int, ...] = (), num_classes: int = 10,
+def mobilenetv2(in_features: int = 784, num_classes: int = 10,
                 classifier: bool = False, readout: bool = False, width: float = 1.0,
                 label_plane: bool = False, norm: str = "batch",
                 image_shape: tuple[int, int, int] | None = None, **_: object) -> ConvNet:
-    """hidden (the MLP's widths) is ignored; width scales every layer's channels, the last
-    one's 1280 included; see ffint8.nn.blocks for norm and label_plane."""
+    """width scales every layer's channels, the last one's 1280 included; see ffint8.nn.blocks
+    for norm and label_plane."""
     shape = cnn_input("mobilenetv2", in_features, image_shape, width, readout)
     cin = make_divisible(32 * width)
     units = [StemBlock(shape, cin, num_classes, label_plane, norm, act="relu6")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -25,6 +26,14 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def model_options(name: str) -> frozenset[str]:
+    """The options a registered builder names (the rest of what create_model passes, it ignores)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    return frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

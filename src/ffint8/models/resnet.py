@@ -15,11 +15,11 @@ STAGES = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))
 
 
 @register_model("resnet18")
-def resnet18(in_features: int = 784, hidden: tuple[int, ...] = (), num_classes: int = 10,
+def resnet18(in_features: int = 784, num_classes: int = 10,
              classifier: bool = False, readout: bool = False, width: float = 1.0,
              label_plane: bool = False, norm: str = "batch",
              image_shape: tuple[int, int, int] | None = None, **_: object) -> ConvNet:
-    """hidden (the MLP's widths) is ignored; width scales every stage's channels; see
+    """width scales every stage's channels; see
     ffint8.nn.blocks for norm and label_plane."""
     shape = cnn_input("resnet18", in_features, image_shape, width, readout)
     cin = make_divisible(64 * width)
