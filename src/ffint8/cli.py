@@ -94,7 +94,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                    help=f"one of {', '.join(PREDICT)} (softmax: a readout on one neutral-label pass)")
     g.add_argument("--predict-units", default=f.predict_units,
                    help=f"one of {', '.join(PREDICT_UNITS)}: the units whose goodness prediction "
-                        "sums (skip-first: all but the first)")
+                        "sums (skip-first: all but the first; auto, the default: at every "
+                        "evaluation whichever of the two labels 5000 training images better)")
     g.add_argument("--negatives", default=f.negatives,
                    help=f"one of {', '.join(NEGATIVES)} (hard: wrong labels the model now prefers)")
     g = t.add_argument_group("optimisation")
@@ -144,7 +145,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--limit-test", type=int, default=None)
     e.add_argument("--predict-units", default=None,
                    help="FF goodness prediction: score with these units instead of the ones the "
-                        "model was trained to predict with (all, skip-first)")
+                        "model was trained to predict with (all, skip-first, or auto: chosen on "
+                        "the data set's training images)")
     _expect_flags(e)
 
     pr = sub.add_parser("predict", help="label PNG or JPEG images with a saved model")

@@ -29,7 +29,7 @@ from ffint8.nn.dense import FFDense
 from ffint8.nn.functional import EPS
 from ffint8.quant import quantize
 from ffint8.train.config import FFConfig
-from ffint8.train.run import load_checkpoint
+from ffint8.train.run import load_checkpoint, prediction_config
 
 if TYPE_CHECKING:
     import onnx
@@ -141,7 +141,7 @@ class FFInference(nn.Module):
 def inference_module(checkpoint: str | Path) -> tuple[FFInference, dict]:
     """Load a checkpoint as an FFInference module (eval mode) and return it with its blob."""
     model, cfg, blob = load_checkpoint(checkpoint)
-    module = FFInference(model, cfg.ff, int(blob["num_classes"]))
+    module = FFInference(model, prediction_config(cfg, blob).ff, int(blob["num_classes"]))
     return module.eval(), blob
 
 

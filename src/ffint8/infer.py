@@ -16,7 +16,7 @@ import torch
 
 from ffint8.errors import ConfigError, DataError
 from ffint8.train.loop import FFTrainer
-from ffint8.train.run import load_checkpoint, make_trainer
+from ffint8.train.run import load_checkpoint, make_trainer, prediction_config
 
 FORMATS = ("PNG", "JPEG")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -109,6 +109,7 @@ def predict_files(checkpoint: str | Path, paths: Sequence[str | Path],
     The INT8 path (ff-int8) quantises each unit's input with one scale per image, so a file's
     scores do not depend on the others; files are scored in batches of eval_batch_size."""
     model, cfg, blob = load_checkpoint(checkpoint)
+    cfg = prediction_config(cfg, blob)
     num_classes, in_features = int(blob["num_classes"]), int(blob["in_features"])
     x = load_images(paths, in_features, invert)
     trainer = make_trainer(model, cfg, num_classes)

@@ -1,4 +1,5 @@
-"""Goodness prediction over a chosen set of units (--predict-units): all, or all but the first."""
+"""Goodness prediction over a chosen set of units (--predict-units): all, all but the first, or
+auto (whichever of the two labels a training sample better, chosen at every evaluation)."""
 
 import pytest
 import torch
@@ -17,11 +18,14 @@ def test_scored_units_rule():
     assert scored_units(3, "skip-first") == [1, 2]
     assert scored_units(1, "skip-first") == [0]  # one unit: nothing else to score with
     assert FFConfig(predict_units="skip-first").scored_units(2) == [1]
+    assert FFConfig(predict_units="auto").scored_units(2) == [0, 1]  # before any choice: all
 
 
-def test_default_and_paper_preset_sum_every_unit():
-    assert FFConfig().predict_units == "all"
+def test_default_chooses_and_paper_preset_sums_every_unit():
+    assert FFConfig().predict_units == "auto"
     assert PRESETS["paper"]["predict_units"] == "all"
+    with pytest.raises(ValueError, match="auto"):
+        scored_units(2, "auto")  # a trainer resolves it; nothing may read it as a set of units
 
 
 def test_unknown_choice_names_the_flag():
@@ -97,3 +101,70 @@ def test_eval_can_score_a_saved_model_with_other_units(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "bp" / "model.pt"),
                  "--predict-units", "skip-first"]) == 2
     assert "--predict-units" in capsys.readouterr().err
+
+
+def _auto_trainer(first_right: bool, silent_rows: int = 0) -> FFTrainer:
+    """A 2-unit trainer with 1000 selection rows and made-up unit goodness: one unit scores the
+    true label 2, the other scores label (y + 1) % 10 3, except on the first `silent_rows` rows,
+    where it scores nothing. Summing both units is then right on the silent rows only."""
+    cfg = TrainConfig(hidden=(16, 16), ff=FFConfig(algo="ff-fp32", predict_units="auto"))
+    tr = FFTrainer(create_model("mlp", hidden=(16, 16)), cfg, 10)
+    n = 1000
+    x = torch.zeros(n, 784)
+    x[:, 0] = torch.arange(n, dtype=torch.float32)  # the row's number, read back below
+    y = torch.arange(n) % 10
+    tr.use_for_selection(x, y)
+
+    def made_up(xb):
+        rows = xb[:, 0].long()
+        right = torch.nn.functional.one_hot(y[rows], 10) * 2.0
+        wrong = torch.nn.functional.one_hot((y[rows] + 1) % 10, 10) * 3.0
+        wrong[rows < silent_rows] = 0.0
+        return [right, wrong] if first_right else [wrong, right]
+
+    tr.goodness_per_unit = made_up
+    return tr
+
+
+def test_auto_drops_a_misleading_first_unit_and_keeps_an_informative_one():
+    assert _auto_trainer(first_right=False).choose_predict_units() == "skip-first"
+    tr = _auto_trainer(first_right=True)
+    assert tr.choose_predict_units() == "all" and tr.predict_units == "all"
+
+
+def test_auto_needs_skip_first_to_win_by_the_margin():
+    from ffint8.train.loop import SELECTION_MARGIN
+
+    m = int(SELECTION_MARGIN * 1000)  # rows skip-first must win by, of 1000
+    # skip-first is right on every row, all on the silent ones: it wins by 1000 - silent_rows
+    assert _auto_trainer(False, silent_rows=1000 - m).choose_predict_units() == "all"
+    assert _auto_trainer(False, silent_rows=1000 - m - 1).choose_predict_units() == "skip-first"
+    assert _auto_trainer(False, silent_rows=1000).choose_predict_units() == "all"  # a tie
+
+
+@pytest.mark.parametrize("algo", ["ff-fp32", "ff-int8"])
+def test_auto_does_not_change_training_and_records_its_choice(tmp_path, algo, capsys):
+    """The same weights as a run that sums all units (the sample has its own generator); the
+    test accuracy equals scoring model.pt with the units it records; checkpoint.pt keeps auto."""
+    import json
+
+    from ffint8.cli import main
+
+    small = ["--dataset", "synthetic", "--hidden", "32,32", "--limit-train", "300",
+             "--limit-test", "60", "--epochs", "2", "--no-progress", "--algo", algo]
+    assert main(["train", *small, "--out", str(tmp_path / "auto")]) == 0
+    assert main(["train", *small, "--predict-units", "all", "--out", str(tmp_path / "all")]) == 0
+    a = torch.load(tmp_path / "auto" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "all" / "model.pt", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    m = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert m["config"]["ff"]["predict_units"] == "auto"
+    chosen = m["predict_units"]
+    assert chosen in ("all", "skip-first") and a["config"]["ff"]["predict_units"] == chosen
+    ck = torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["ff"]["predict_units"] == "auto" and ck["trainer"]["predict_units"] == chosen
+    capsys.readouterr()
+    for name in ("model.pt", "checkpoint.pt"):
+        argv = ["eval", "--checkpoint", str(tmp_path / "auto" / name), "--limit-test", "60"]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["test_accuracy"] == m["test_accuracy"]

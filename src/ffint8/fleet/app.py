@@ -126,7 +126,9 @@ def run_federation(grid: Grid, cfg: FleetConfig, log=print) -> dict:
                         "python": platform.python_version(), "machine": platform.machine()},
     }
     out = Path(cfg.out)
-    save_checkpoint(out / "model.pt", cfg.train, data.num_classes, in_features, model=model)
+    # the server scores with the test set only, so --predict-units auto stays at all here
+    save_checkpoint(out / "model.pt", evaluator.prediction_config(), data.num_classes,
+                    in_features, model=model)
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 

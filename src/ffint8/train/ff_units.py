@@ -146,12 +146,17 @@ def eval_mode(units: Sequence[nn.Module]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def total_goodness(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig,
-                   scored: Sequence[int] | None = None) -> torch.Tensor:
-    """Goodness summed over the units `scored` (default all), (B, D) -> (B,): inference (running
-    norm statistics; INT8 rounds to nearest with one scale per sample, so a score does not
-    depend on its batch)."""
+def goodness_per_unit(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig) -> list[torch.Tensor]:
+    """Every unit's goodness, (B, D) -> [(B,)] * units: inference (running norm statistics;
+    INT8 rounds to nearest with one scale per sample, so a score does not depend on its batch)."""
     with eval_mode(units):
         _, ys = forward_units(units, x, cfg, seeds=None)
-    scored = range(len(ys)) if scored is None else scored
-    return sum(unit_goodness(ys[i], cfg.goodness) for i in scored)
+    return [unit_goodness(y, cfg.goodness) for y in ys]
+
+
+def total_goodness(units: Sequence[nn.Module], x: torch.Tensor, cfg: FFConfig,
+                   scored: Sequence[int] | None = None) -> torch.Tensor:
+    """Goodness summed over the units `scored` (default all), (B, D) -> (B,); see
+    goodness_per_unit."""
+    gs = goodness_per_unit(units, x, cfg)
+    return sum(gs[i] for i in (range(len(gs)) if scored is None else scored))

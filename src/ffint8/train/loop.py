@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,7 +15,7 @@ from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
 from ffint8.train import ff_units
-from ffint8.train.config import TrainConfig
+from ffint8.train.config import TrainConfig, scored_units
 from ffint8.train.ff import (
     SeedStream,
     ff_gradients,
@@ -86,6 +86,12 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     except (RuntimeError, TypeError):
         return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+# --predict-units auto: the training sample its choice is made on, and the margin (a fraction of
+# the sample) by which skip-first must beat all
+SELECTION_SAMPLES = 5000
+SELECTION_SEED = 0x5E1EC7  # added to the run's seed: the sample's own generator
+SELECTION_MARGIN = 0.001
+
 
 @dataclass
 class FFTrainer:
@@ -114,12 +120,18 @@ class FFTrainer:
         self.per_unit_update = self.parallel is None
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling, negatives
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
+        # the units goodness prediction sums: the config's, or with "auto" the last choice of
+        # choose_predict_units ("all" until the first)
+        auto = self.cfg.ff.predict_units == "auto"
+        self.predict_units = "all" if auto else self.cfg.ff.predict_units
+        self.selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # auto's
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this trainer stands (between epochs)."""
         return {"epoch": self.epoch, "history": [e.to_dict() for e in self.history],
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "sr_counter": self.seeds.counter}
+                "generator": self.generator.get_state(), "sr_counter": self.seeds.counter,
+                "predict_units": self.predict_units}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -128,6 +140,14 @@ class FFTrainer:
         self.seeds.counter = int(state["sr_counter"])
         self.epoch = int(state["epoch"])
         self.history = [EpochLog.from_dict(d) for d in state["history"]]
+        self.predict_units = state.get("predict_units", self.predict_units)
+
+    def prediction_config(self) -> TrainConfig:
+        """cfg with --predict-units auto resolved to the current choice: what model.pt records,
+        so that eval, predict and export score as the run's last evaluation did."""
+        if self.cfg.ff.predict_units != "auto":
+            return self.cfg
+        return replace(self.cfg, ff=replace(self.cfg.ff, predict_units=self.predict_units))
 
     def _batch(self, xb: torch.Tensor, yb: torch.Tensor,
                neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,35 +236,72 @@ class FFTrainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
+    def goodness_per_unit(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Goodness prediction's parts: every unit's goodness for every label, (B, D) images ->
+        [(B, C)] * units, from one forward of (C * B) rows with each label embedded in turn."""
+        b, c = x.shape[0], self.num_classes
+        if self.dense:  # the first unit's product with the image is shared by all labels
+            ys = outputs_each_label(self.units, x, c, self.cfg.ff)
+            gs = [FF.goodness(y, self.cfg.ff.goodness) for y in ys]  # (C * B,) each
+        else:
+            labels = torch.arange(c).repeat_interleave(b)
+            gs = ff_units.goodness_per_unit(self.units, embed_label(x.repeat(c, 1), labels, c),
+                                            self.cfg.ff)
+        return [g.reshape(c, b).t() for g in gs]
+
+    @torch.no_grad()
     def predict_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores: (B, D) images -> (B, C). INT8 inference rounds to nearest.
 
-        goodness: goodness summed over units (cfg.ff.predict_units) for every label, one forward
-        of (C * B) rows with each label embedded in turn. softmax: the readout's logits from one
-        neutral-label pass."""
+        goodness: goodness summed over units (self.predict_units) for every label. softmax: the
+        readout's logits from one neutral-label pass."""
         ff = self.cfg.ff
         if ff.predict == "softmax":
             records = forward_records(self.units, embed_neutral(x, self.num_classes), ff, None)
             feats = readout_features(records, self.model.readout_units, ff.norm)
             return torch.addmm(self.readout.bias, feats, self.readout.weight.t())
-        b, c = x.shape[0], self.num_classes
-        scored = ff.scored_units(len(self.units))
-        if self.dense:  # the first unit's product with the image is shared by all labels
-            ys = outputs_each_label(self.units, x, c, ff)
-            total = sum(FF.goodness(ys[i], ff.goodness) for i in scored)  # (C * B,)
-        else:
-            labels = torch.arange(c).repeat_interleave(b)
-            xs = embed_label(x.repeat(c, 1), labels, c)
-            total = ff_units.total_goodness(self.units, xs, ff, scored)
-        return total.reshape(c, b).t()
+        gs = self.goodness_per_unit(x)
+        return sum(gs[i] for i in scored_units(len(gs), self.predict_units))
+
+    def use_for_selection(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """--predict-units auto: fix the training sample its choice is made on (up to
+        SELECTION_SAMPLES images, drawn by a generator of its own, so training is not touched;
+        indices into x, so nothing is copied)."""
+        g = torch.Generator().manual_seed(self.cfg.seed + SELECTION_SEED)
+        self.selection = (x, y, torch.randperm(x.shape[0], generator=g)[:SELECTION_SAMPLES])
+
+    @torch.no_grad()
+    def choose_predict_units(self) -> str:
+        """--predict-units auto: set self.predict_units to whichever of all / skip-first labels
+        the selection sample better; skip-first must win by SELECTION_MARGIN (the paper's all
+        on a tie). Returns the choice; without a sample or with one unit, nothing changes."""
+        ff = self.cfg.ff
+        if (ff.predict_units != "auto" or ff.predict != "goodness" or self.selection is None
+                or len(self.units) < 2):
+            return self.predict_units
+        x, y, idx = self.selection
+        hits = torch.zeros(2, dtype=torch.long)
+        for i in range(0, idx.numel(), self.cfg.eval_batch_size):
+            rows = idx[i : i + self.cfg.eval_batch_size]
+            gs = self.goodness_per_unit(x[rows])
+            for k, units in enumerate(("all", "skip-first")):
+                scores = sum(gs[u] for u in scored_units(len(gs), units))
+                hits[k] += int((scores.argmax(1) == y[rows]).sum())
+        skip = hits[1] - hits[0] > SELECTION_MARGIN * idx.numel()
+        self.predict_units = "skip-first" if skip else "all"
+        return self.predict_units
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Test accuracy; with --predict-units auto the units are chosen first."""
+        self.choose_predict_units()
         return accuracy(self.predict_scores, x, y, self.cfg.eval_batch_size)
 
     def fit(self, x_train, y_train, x_test, y_test, progress: bool = False,
             on_epoch=None) -> list[EpochLog]:
         """Train for cfg.epochs epochs (each unit in turn for the greedy schedule)."""
         plan = [None] * self.cfg.epochs
+        if self.selection is None:
+            self.use_for_selection(x_train, y_train)
         if self.cfg.ff.schedule == "greedy":
             plan = [u for u in range(len(self.units)) for _ in range(self.cfg.epochs)]
         while self.epoch < len(plan):

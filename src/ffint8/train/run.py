@@ -118,6 +118,15 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
     return model, cfg, blob
 
 
+def prediction_config(cfg: TrainConfig, blob: dict) -> TrainConfig:
+    """cfg with --predict-units auto resolved, for scoring a saved model: model.pt is written
+    resolved; a checkpoint.pt keeps auto and its trainer's last choice ("all" before any)."""
+    if cfg.ff.predict_units != "auto":
+        return cfg
+    chosen = blob.get("trainer", {}).get("predict_units", "all")
+    return replace(cfg, ff=replace(cfg.ff, predict_units=chosen))
+
+
 def expect_checkpoint(path: str | Path, model: str | None = None, algo: str | None = None) -> None:
     """A clear error when a checkpoint holds another model or algorithm than the one asked for."""
     _, cfg, _ = load_checkpoint(path)
@@ -239,8 +248,10 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             writer.add_scalar("train/seconds", e.seconds, e.epoch)
             writer.flush()
         acc = "-" if e.test_accuracy is None else f"{100 * e.test_accuracy:.2f}%"
+        auto = not cfg.ff.backprop and cfg.ff.predict_units == "auto" and e.test_accuracy is not None
         log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy {acc:>6s}  {e.seconds:.1f}s"
-            + ("" if cfg.ff.backprop else f"  lambda {e.lam:.4f}"))
+            + ("" if cfg.ff.backprop else f"  lambda {e.lam:.4f}")
+            + (f"  units {trainer.predict_units}" if auto else ""))
 
     # Memory (peak minus a baseline taken here), energy and operation counts of the training
     # loop; evaluation and checkpoint writing between epochs are left out of them.
@@ -256,7 +267,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         with meas.excluded():
             report(e)
 
-    trainer.evaluate = evaluate_excluded
+    trainer.evaluate = evaluate_excluded  # (with --predict-units auto it makes its choice too)
     started = time.time()
     meas.begin()
     try:
@@ -269,6 +280,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     finally:
         if writer is not None:
             writer.close()
+    predicting = trainer.prediction_config() if hasattr(trainer, "prediction_config") else cfg
     metrics = {
         "model": cfg.model, "dataset": data.name, "algo": cfg.ff.algo,
         "look_ahead": None if cfg.ff.backprop else cfg.ff.look_ahead,
@@ -281,11 +293,13 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
                         "python": platform.python_version(), "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
     }
+    if not cfg.ff.backprop and cfg.ff.predict == "goodness":
+        metrics["predict_units"] = predicting.ff.predict_units  # auto: the units it chose
     metrics.update(meas.end())
     if parallel is not None:
         metrics["distributed"] = parallel.describe(cfg.batch_size)
     if lead:
-        save_checkpoint(out / "model.pt", cfg, data.num_classes, in_features, model=model)
+        save_checkpoint(out / "model.pt", predicting, data.num_classes, in_features, model=model)
         write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
@@ -302,6 +316,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
                               f"{'backprop' if cfg.ff.backprop else 'a softmax readout'}, "
                               "not with summed goodness")
         cfg = replace(cfg, ff=replace(cfg.ff, predict_units=predict_units))
+    else:
+        cfg = prediction_config(cfg, blob)
     name = dataset or cfg.dataset
     data = load_dataset(name, data_dir if data_dir is not None else cfg.data_dir,
                         limit_test=limit_test, seed=cfg.seed)
@@ -310,9 +326,11 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
         raise CheckpointError(f"{path}: model takes {blob['in_features']} inputs but {name} "
                               f"images have {x_test.shape[1]}")
     trainer = make_trainer(model, cfg, blob["num_classes"])
+    if predict_units == "auto":  # chosen on the data set's training images, as in training
+        trainer.use_for_selection(to_float_images(data.train.images), data.train.labels)
     acc = trainer.evaluate(x_test, data.test.labels)
     result = {"checkpoint": str(path), "model": cfg.model, "algo": cfg.ff.algo, "dataset": name,
               "test_samples": len(data.test), "test_accuracy": acc}
     if predict_units is not None:
-        result["predict_units"] = predict_units
+        result["predict_units"] = getattr(trainer, "predict_units", predict_units)
     return result
