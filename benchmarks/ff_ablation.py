@@ -36,7 +36,10 @@ BASE = ["--preset", "paper", "--look-ahead", "none"]
 LEVERS: dict[str, list[str]] = {
     "base": [],
     "paper": ["--look-ahead", "collab"],
-    "default": [],
+    "default": [],  # the shipped defaults: chain +0.2, cooldown, peer 0.03, predict-units auto
+    "default-all": ["--predict-units", "all"],  # prediction only: see RESCORED
+    "default-peer": ["--peer-weight", "0"],
+    "default-peer-all": ["--peer-weight", "0", "--predict-units", "all"],  # sessions 3-7's default
     "softmax": ["--predict", "softmax"],
     "hard": ["--negatives", "hard"],
     "softmax+hard": ["--predict", "softmax", "--negatives", "hard"],
@@ -51,9 +54,8 @@ LEVERS: dict[str, list[str]] = {
     "chain-0.05-depth1": ["--look-ahead", "chain", "--lambda-step", "0.05", "--chain-depth", "1"],
     "chain-0.2": ["--look-ahead", "chain", "--lambda-step", "0.2"],
     "skip-first": ["--predict-units", "skip-first"],  # prediction only: see RESCORED
-    "default+skip-first": ["--predict-units", "skip-first"],
-    "default+peer": ["--peer-weight", "0.03"],
     "default+adam8": ["--optimizer", "adam8"],  # memory: Adam's state in 8 bits
+    "default-peer+adam8": ["--peer-weight", "0", "--optimizer", "adam8"],
     "3x1000": ["--hidden", "1000,1000,1000"],
     "4x2000": ["--hidden", "2000,2000,2000,2000"],
 }
@@ -62,7 +64,7 @@ LEVERS: dict[str, list[str]] = {
 # Levers that change only the prediction, not training (which is seeded and does not depend on
 # it; tests/train/test_predict_units.py): their cells rescore the model of the lever named here
 # with `ffint8 eval --predict-units` instead of training it again.
-RESCORED = {"skip-first": "base", "default+skip-first": "default"}
+RESCORED = {"skip-first": "base", "default-all": "default", "default-peer-all": "default-peer"}
 
 
 def lever_flags(lever: str) -> list[str]:

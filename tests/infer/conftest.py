@@ -15,8 +15,10 @@ def checkpoints(tmp_path_factory):
     out = {}
     for algo in ALGOS:
         run_dir = tmp_path_factory.mktemp(algo)
+        # peer normalisation off: with it this tiny model's label margins are narrower (88%
+        # test accuracy against 80% without, but 7% of int8 labels flip against 3-5%)
         cfg = TrainConfig(dataset="synthetic", hidden=(32, 32), epochs=2, limit_train=600,
-                          limit_test=50, lr=0.003, ff=FFConfig(algo=algo))
+                          limit_test=50, lr=0.003, ff=FFConfig(algo=algo, peer_weight=0.0))
         run_training(cfg, run_dir, progress=False, log=lambda s: None)
         out[algo] = run_dir / "model.pt"
     return out

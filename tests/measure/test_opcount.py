@@ -106,16 +106,18 @@ def test_run_counts_follow_the_lambda_schedule_and_greedy_plan():
                       ff=FFConfig(look_ahead="chain", lambda_start=0.0, lambda_step=0.1))
     layers = mlp_layers(4, (3, 2))
     r = run_ops(cfg, n_train=6, in_features=4, num_classes=10)
-    first = epoch_ops("ff-int8", layers, 2, 6, look_ahead="chain", lam_active=False)  # lambda 0
-    later = epoch_ops("ff-int8", layers, 2, 6, look_ahead="chain", lam_active=True)
+    peer = cfg.ff.peer_weight > 0  # the default's peer normalisation
+    first = epoch_ops("ff-int8", layers, 2, 6, look_ahead="chain", lam_active=False,  # lambda 0
+                      peer=peer)
+    later = epoch_ops("ff-int8", layers, 2, 6, look_ahead="chain", lam_active=True, peer=peer)
     assert OpCounts(**r["run"]) == first + later
     assert OpCounts(**r["per_epoch"]) == later and r["steps_per_epoch"] == 3
     greedy = TrainConfig(hidden=(3, 2), epochs=1, batch_size=2,
                          ff=FFConfig(look_ahead="none", schedule="greedy"))
     g = run_ops(greedy, n_train=2, in_features=4, num_classes=10)
     # unit 1 alone (its optimiser), then both units forward and backward, unit 2's optimiser
-    want = (ff_step_ops(layers[:1], 2, True) + optimizer_ops(layers[0].params)
-            + ff_step_ops(layers, 2, True) + optimizer_ops(layers[1].params))
+    want = (ff_step_ops(layers[:1], 2, True, peer=peer) + optimizer_ops(layers[0].params)
+            + ff_step_ops(layers, 2, True, peer=peer) + optimizer_ops(layers[1].params))
     assert OpCounts(**g["run"]) == want
 
 

@@ -241,12 +241,14 @@ def test_epoch_and_run_counts_of_a_cnn():
     cfg = TrainConfig(model="resnet18", width=0.125, epochs=2, batch_size=4,
                       ff=FFConfig(look_ahead="chain", lambda_start=0.0, lambda_step=0.1))
     layers = model_layers(cfg, 784, 10)
-    step = step_ops("ff-int8", layers, 4, look_ahead="chain")
-    assert epoch_ops("ff-int8", layers, 4, 10, look_ahead="chain") == (
-        step * 2 + step_ops("ff-int8", layers, 2, look_ahead="chain"))
+    peer = cfg.ff.peer_weight > 0  # the default's peer normalisation
+    step = step_ops("ff-int8", layers, 4, look_ahead="chain", peer=peer)
+    assert epoch_ops("ff-int8", layers, 4, 10, look_ahead="chain", peer=peer) == (
+        step * 2 + step_ops("ff-int8", layers, 2, look_ahead="chain", peer=peer))
     r = run_ops(cfg, n_train=12, in_features=784, num_classes=10)
     assert OpCounts(**r["per_step"]) == step and OpCounts(**r["per_epoch"]) == step * 3
-    first = step_ops("ff-int8", layers, 4, look_ahead="chain", lam_active=False)  # lambda 0
+    first = step_ops("ff-int8", layers, 4, look_ahead="chain", lam_active=False,  # lambda 0
+                     peer=peer)
     assert OpCounts(**r["run"]) == first * 3 + step * 3
     bp = run_ops(TrainConfig(model="resnet18", width=0.125, batch_size=4, epochs=1,
                              ff=FFConfig(algo="bp-int8")), 8, 784, 10)

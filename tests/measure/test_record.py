@@ -52,7 +52,8 @@ def test_end_gives_the_bench_fields_json_ready(excluded):
         assert metered >= train_s + eval_s
     assert out["energy_source"] == "estimate:cpu-time" and out["energy_j"] > 0
     assert out["peak_rss_mb"] > 10 and out["train_memory_mb"] >= 0
-    want = epoch_ops("ff-int8", mlp_layers(d, cfg.hidden), cfg.batch_size, 96, look_ahead="none")
+    want = epoch_ops("ff-int8", mlp_layers(d, cfg.hidden), cfg.batch_size, 96, look_ahead="none",
+                     peer=cfg.ff.peer_weight > 0)
     assert out["ops"]["per_epoch"] == want.to_dict()
     assert out["ops"]["run"] == (want * 2).to_dict()
     assert 0 < out["arith_energy_j"] < out["energy_j"]

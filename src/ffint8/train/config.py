@@ -48,7 +48,7 @@ class FFConfig:
     theta: float = 2.0
     loss: str = "ff"  # eqs. 1-2, or "symba": softplus(-alpha (G_pos - G_neg)) per pair
     symba_alpha: float = 4.0
-    peer_weight: float = 0.0  # peer normalisation added to every unit's loss (0: off)
+    peer_weight: float = 0.03  # peer normalisation added to every unit's loss (0: off)
     norm: str = "rms"
     lambda_start: float = 0.0
     lambda_step: float = 0.2  # added after every epoch (the paper: 0.001)
