@@ -168,3 +168,13 @@ def test_auto_does_not_change_training_and_records_its_choice(tmp_path, algo, ca
         argv = ["eval", "--checkpoint", str(tmp_path / "auto" / name), "--limit-test", "60"]
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["test_accuracy"] == m["test_accuracy"]
+
+
+def test_a_config_saved_before_the_fields_existed_keeps_its_behaviour():
+    old = TrainConfig().to_dict()
+    for key in ("predict_units", "peer_weight"):
+        del old["ff"][key]
+    cfg = TrainConfig.from_saved(old)
+    assert cfg.ff.predict_units == "all" and cfg.ff.peer_weight == 0.0
+    assert TrainConfig.from_saved(TrainConfig().to_dict()) == TrainConfig()  # today's round trip
+    assert TrainConfig.from_dict(old) == TrainConfig()  # a config file: today's defaults

@@ -109,6 +109,11 @@ class FFConfig:
         return self.lambda_start + self.lambda_step * epoch
 
 
+# Fields whose default has changed since they were added: a saved run's config written before a
+# field existed gets the value that reproduces what that run did, not today's default.
+FF_BEFORE_FIELD = {"peer_weight": 0.0, "predict_units": "all"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: model, data, optimiser, budget, output."""
@@ -176,6 +181,12 @@ class TrainConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+    @classmethod
+    def from_saved(cls, d: dict) -> TrainConfig:
+        """The config a saved run (checkpoint, model.pt) was written with: fields it predates take
+        the values that reproduce that run (FF_BEFORE_FIELD), not today's defaults."""
+        return cls.from_dict({**d, "ff": {**FF_BEFORE_FIELD, **d.get("ff", {})}})
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

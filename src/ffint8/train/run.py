@@ -107,7 +107,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an ffint8 checkpoint")
-    cfg = TrainConfig.from_dict(blob["config"])
+    cfg = TrainConfig.from_saved(blob["config"])
     model = build_model(cfg, blob["in_features"], blob["num_classes"])
     state = blob["state_dict"] if "state_dict" in blob else blob["trainer"]["model"]
     try:
