@@ -109,20 +109,27 @@ def run(args: argparse.Namespace) -> None:
         run_cell(cmd, d)
 
 
+def rescore_flags(lever: str) -> list[str]:
+    """What a RESCORED lever adds to the lever it rescores (its prediction flags, for `eval`)."""
+    pairs = lambda flags: list(zip(flags[::2], flags[1::2]))  # noqa: E731  (flag, value) pairs
+    source = pairs(LEVERS[RESCORED[lever]])
+    return [t for pair in pairs(LEVERS[lever]) if pair not in source for t in pair]
+
+
 def rescore_cell(lever: str, source: Path, d: Path, args: argparse.Namespace) -> None:
     """A prediction-only lever's cell d: the source cell's run, scored with the lever's flags."""
     if not (source / "metrics.json").is_file():
         print("    skipped: its source cell has not finished", flush=True)
         return
     cmd = [sys.executable, "-m", "ffint8", "eval", "--checkpoint", str(source / "model.pt"),
-           *LEVERS[lever]] + (["--data-dir", args.data_dir] if args.data_dir else [])
+           *rescore_flags(lever)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"    failed (exit {res.returncode}): {res.stderr.strip()}", flush=True)
         return
     m = json.loads((source / "metrics.json").read_text())
     m.update(test_accuracy=json.loads(res.stdout)["test_accuracy"], rescored_from=str(source),
-             rescore_flags=LEVERS[lever])
+             rescore_flags=rescore_flags(lever))
     d.mkdir(parents=True, exist_ok=True)
     (d / "metrics.json").write_text(json.dumps(m, indent=2))
     print(f"    {100 * m['test_accuracy']:.2f}% (training as {source.parts[-3]})", flush=True)
