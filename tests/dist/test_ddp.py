@@ -101,7 +101,7 @@ def _trainer(algo: str, batch: int, init_seed: int, parallel=None) -> FFTrainer:
     cfg = TrainConfig(hidden=HIDDEN, batch_size=batch, lr=0.003, seed=SEED, epochs=2,
                       lr_schedule="constant",
                       ff=FFConfig(algo=algo, look_ahead="collab", lambda_start=0.05, lambda_step=0.001,
-                                  peer_weight=0.0))  # each rank's own batch means: not comparable
+                                  peer_weight=0.03))  # peer: the global batch's means, all-reduced
     return FFTrainer(create_model("mlp", hidden=HIDDEN), cfg, 10, parallel=parallel)
 
 

@@ -16,6 +16,7 @@ ranks (int8 itself would overflow at two).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,16 @@ class DataParallel:
                 dist.broadcast(t.data, src=0)
         trainer.seeds = SeedStream(rank_seed(trainer.cfg.seed, self.rank), trainer.seeds.counter)
         self.seeds = trainer.seeds
+
+    def batch_mean(self, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The mean over all ranks' rows (rows in all) of a (b, N) tensor each rank holds: what
+        peer normalisation takes over the global batch. One all_reduce of N floats per call."""
+        def mean(y: torch.Tensor) -> torch.Tensor:
+            total = y.sum(dim=0)
+            dist.all_reduce(total)
+            return total / rows
+
+        return mean
 
     def reduce(self, model: torch.nn.Module, losses: torch.Tensor, m: int) -> torch.Tensor:
         """Replace every gradient of `model` by the global batch's: the ranks' gradients summed,

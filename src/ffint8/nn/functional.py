@@ -109,18 +109,21 @@ def unit_loss_grad(g_eff: torch.Tensor, t: torch.Tensor, kind: Loss, theta: floa
     return symba_loss_grad(g_eff, alpha) / (g_eff.shape[0] // 2)
 
 
-def peer_loss(y: torch.Tensor, weight: float) -> torch.Tensor:
+def peer_loss(y: torch.Tensor, weight: float, m: torch.Tensor | None = None) -> torch.Tensor:
     """Peer normalisation as an explicit loss: weight * mean_j (m_j - mean_k m_k)^2 with m_j the
     batch-mean activity of unit j. Pushes every unit towards the layer's average activity, so no
     unit dies or dominates. A mean over the N units, as in the public FF implementation, so a
     weight means the same at any width (a sum made 0.03 N times stronger: every unit of a
-    1000-wide layer died in the first epoch). (B, N) -> scalar."""
-    m = y.mean(dim=0)
+    1000-wide layer died in the first epoch). (B, N) -> scalar. m: the batch means (N,) when
+    they come from elsewhere (data-parallel ranks: the global batch's)."""
+    m = y.mean(dim=0) if m is None else m
     return weight * (m - m.mean()).square().mean()
 
 
-def peer_loss_grad(y: torch.Tensor, weight: float) -> torch.Tensor:
+def peer_loss_grad(y: torch.Tensor, weight: float, m: torch.Tensor | None = None) -> torch.Tensor:
     """d peer_loss / dy: 2 * weight * (m_j - mean m) / (B * N) on every row (the mean's own term
-    vanishes because the deviations sum to zero). (B, N) -> (B, N)."""
-    m = y.mean(dim=0)
+    vanishes because the deviations sum to zero). (B, N) -> (B, N). m as in peer_loss: with the
+    global batch's means, a rank's rows get its share of the global batch's gradient times
+    B_global / B."""
+    m = y.mean(dim=0) if m is None else m
     return (2.0 * weight / (y.shape[0] * m.numel())) * (m - m.mean()).expand_as(y)

@@ -93,12 +93,14 @@ def ff_gradients(
     lam: float,
     seeds: SeedStream,
     on_unit: Callable[[int], None] | None = None,
+    batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
-    return each unit's loss as its objective defines it: (L,), detached. on_unit: see
-    gradients_from_records."""
+    return each unit's loss as its objective defines it: (L,), detached. on_unit, batch_mean:
+    see gradients_from_records."""
     records = forward_records(units, x, cfg, seeds)
-    return gradients_from_records(units, records, t, cfg, lam, seeds, on_unit=on_unit)
+    return gradients_from_records(units, records, t, cfg, lam, seeds, on_unit=on_unit,
+                                  batch_mean=batch_mean)
 
 
 def gradients_from_records(
@@ -110,12 +112,15 @@ def gradients_from_records(
     seeds: SeedStream,
     others: torch.Tensor | None = None,
     on_unit: Callable[[int], None] | None = None,
+    batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """ff_gradients after its forward pass. others: (B,) goodness summed over units that are not
     in `units` (a layer-pipelined stage's view of the rest of the network), added to collab's sum
     as constants. on_unit(l) is called, from the last unit down, as soon as unit l's .grad is
     final and nothing below needs its weight parameter or gradient: a per-unit update may step
-    and free them there, so only one unit's gradients are alive at a time."""
+    and free them there, so only one unit's gradients are alive at a time. batch_mean: (B, N)
+    -> (N,) means over the batch for peer normalisation (default: these rows'; data-parallel
+    ranks pass the global batch's)."""
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
@@ -125,16 +130,19 @@ def gradients_from_records(
             total = total + others
         g_eff = [g + lam * (total - g) for g in goods]  # others' goodness as constants
     losses = torch.stack([FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha) for g in g_eff])
+    means = [None] * n_units
     if cfg.peer_weight:
-        losses = losses + torch.stack([FF.peer_loss(r.y, cfg.peer_weight) for r in records])
+        means = [(batch_mean or (lambda y: y.mean(dim=0)))(r.y) for r in records]
+        losses = losses + torch.stack([FF.peer_loss(r.y, cfg.peer_weight, m)
+                                       for r, m in zip(records, means)])
     # Local dL_l/dz_l, with the mean over the batch folded in: (B, N) each.
     local = []
-    for rec, g in zip(records, g_eff):
+    for rec, g, m in zip(records, g_eff, means):
         d_g = FF.unit_loss_grad(g, t, cfg.loss, cfg.theta, cfg.symba_alpha)
         factor = FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
         g_z = (d_g * factor).unsqueeze(1) * rec.y
         if cfg.peer_weight:
-            g_z = g_z + FF.peer_loss_grad(rec.y, cfg.peer_weight) * (rec.y > 0)
+            g_z = g_z + FF.peer_loss_grad(rec.y, cfg.peer_weight, m) * (rec.y > 0)
         local.append(g_z)
 
     chain = cfg.look_ahead == "chain" and lam != 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -197,7 +198,12 @@ class FFTrainer:
             elif ff.negatives == "hard":  # goodness prediction: one forward per label
                 neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
             x, t = self._batch(xb, yb, neg)
-            step_fn = ff_gradients if self.dense else ff_units.ff_gradients
+            if not self.dense:
+                step_fn = ff_units.ff_gradients
+            elif self.parallel is not None:  # peer normalisation over the global batch's rows
+                step_fn = partial(ff_gradients, batch_mean=self.parallel.batch_mean(2 * xb.shape[0]))
+            else:
+                step_fn = ff_gradients
             if self.per_unit_update:
                 losses = step_fn(units, x, t, ff, lam, self.seeds,
                                  on_unit=lambda l: self._step_unit(l, unit))
