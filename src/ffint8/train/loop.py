@@ -87,6 +87,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     except (RuntimeError, TypeError):
         return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+
 # --predict-units auto: the training sample its choice is made on, and the margin (a fraction of
 # the sample) by which skip-first must beat all
 SELECTION_SAMPLES = 5000

@@ -248,7 +248,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             writer.add_scalar("train/seconds", e.seconds, e.epoch)
             writer.flush()
         acc = "-" if e.test_accuracy is None else f"{100 * e.test_accuracy:.2f}%"
-        auto = not cfg.ff.backprop and cfg.ff.predict_units == "auto" and e.test_accuracy is not None
+        auto = (not cfg.ff.backprop and cfg.ff.predict == "goodness"
+                and cfg.ff.predict_units == "auto" and e.test_accuracy is not None)
         log(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  test accuracy {acc:>6s}  {e.seconds:.1f}s"
             + ("" if cfg.ff.backprop else f"  lambda {e.lam:.4f}")
             + (f"  units {trainer.predict_units}" if auto else ""))
