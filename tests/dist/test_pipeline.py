@@ -153,4 +153,5 @@ def test_two_processes_over_gloo(tmp_path):
         assert torch.equal(p, q)
     m = json.loads((tmp_path / "pipe" / "metrics.json").read_text())
     assert m["test_accuracy"] == ref["test_accuracy"]
+    assert m["predict_units"] == ref["predict_units"]  # auto chose alike
     assert m["distributed"]["mode"] == "pipeline"

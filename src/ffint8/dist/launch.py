@@ -125,6 +125,8 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
         "distributed": {"mode": "pipeline", "world_size": world, "backend": dist.get_backend(),
                         "updates": "one process's, exactly (no stale weights)"},
     }
+    if cfg.ff.predict == "goodness":
+        metrics["predict_units"] = evaluator.predict_units  # auto: the units it chose
     if lead:
         save_checkpoint(out / "model.pt", evaluator.prediction_config(), num_classes, in_features,
                         model=model)
