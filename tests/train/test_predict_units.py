@@ -178,3 +178,23 @@ def test_a_config_saved_before_the_fields_existed_keeps_its_behaviour():
     assert cfg.ff.predict_units == "all" and cfg.ff.peer_weight == 0.0
     assert TrainConfig.from_saved(TrainConfig().to_dict()) == TrainConfig()  # today's round trip
     assert TrainConfig.from_dict(old) == TrainConfig()  # a config file: today's defaults
+
+
+def test_eval_with_auto_chooses_as_the_run_did(tmp_path, capsys):
+    """`ffint8 eval --predict-units auto` on a model trained to sum all units: the same choice
+    and accuracy as a run trained with auto (training does not depend on it)."""
+    import json
+
+    from ffint8.cli import main
+
+    small = ["--dataset", "synthetic", "--hidden", "32,32", "--limit-test", "100", "--epochs", "1",
+             "--no-progress"]
+    assert main(["train", *small, "--predict-units", "all", "--out", str(tmp_path / "all")]) == 0
+    assert main(["train", *small, "--out", str(tmp_path / "auto")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "all" / "model.pt"), "--limit-test", "100",
+                 "--predict-units", "auto"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    run = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert got["predict_units"] == run["predict_units"] in ("all", "skip-first")
+    assert got["test_accuracy"] == run["test_accuracy"]
