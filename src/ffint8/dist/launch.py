@@ -79,7 +79,7 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and negatives, rank 0 only
     n_steps = -(-x_train.shape[0] // cfg.batch_size)
     evaluator = FFTrainer(model, cfg, num_classes)
-    evaluator.use_for_selection(x_train, data.train.labels)  # --predict-units auto
+    evaluator.use_for_selection(x_train, data.train.labels, len(data.test))  # --predict-units auto
     kernel = kernel_description(cfg)
     if lead:
         out.mkdir(parents=True, exist_ok=True)

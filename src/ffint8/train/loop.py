@@ -88,8 +88,8 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-# --predict-units auto: the training sample its choice is made on, and the margin (a fraction of
-# the sample) by which skip-first must beat all
+# --predict-units auto: the training sample its choice is made on (at most as many images as the
+# test set), and the margin (a fraction of the sample) by which skip-first must beat all
 SELECTION_SAMPLES = 5000
 SELECTION_SEED = 0x5E1EC7  # added to the run's seed: the sample's own generator
 SELECTION_MARGIN = 0.001
@@ -270,12 +270,14 @@ class FFTrainer:
         gs = self.goodness_per_unit(x)
         return sum(gs[i] for i in scored_units(len(gs), self.predict_units))
 
-    def use_for_selection(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """--predict-units auto: fix the training sample its choice is made on (up to
-        SELECTION_SAMPLES images, drawn by a generator of its own, so training is not touched;
-        indices into x, so nothing is copied)."""
+    def use_for_selection(self, x: torch.Tensor, y: torch.Tensor, n_test: int | None = None) -> None:
+        """--predict-units auto: fix the training sample its choice is made on: SELECTION_SAMPLES
+        images, and no more than the n_test the evaluation scores, so choosing costs at most one
+        more evaluation. Drawn by a generator of its own, so training is not touched; indices
+        into x, so nothing is copied."""
+        n = SELECTION_SAMPLES if n_test is None else min(SELECTION_SAMPLES, n_test)
         g = torch.Generator().manual_seed(self.cfg.seed + SELECTION_SEED)
-        self.selection = (x, y, torch.randperm(x.shape[0], generator=g)[:SELECTION_SAMPLES])
+        self.selection = (x, y, torch.randperm(x.shape[0], generator=g)[:n])
 
     @torch.no_grad()
     def choose_predict_units(self) -> str:
@@ -308,7 +310,7 @@ class FFTrainer:
         """Train for cfg.epochs epochs (each unit in turn for the greedy schedule)."""
         plan = [None] * self.cfg.epochs
         if self.selection is None:
-            self.use_for_selection(x_train, y_train)
+            self.use_for_selection(x_train, y_train, None if x_test is None else x_test.shape[0])
         if self.cfg.ff.schedule == "greedy":
             plan = [u for u in range(len(self.units)) for _ in range(self.cfg.epochs)]
         while self.epoch < len(plan):
