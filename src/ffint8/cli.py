@@ -95,7 +95,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--predict-units", default=f.predict_units,
                    help=f"one of {', '.join(PREDICT_UNITS)}: the units whose goodness prediction "
                         "sums (skip-first: all but the first; auto, the default: at every "
-                        "evaluation whichever of the two labels 5000 training images better)")
+                        "evaluation whichever of the two labels up to 5000 training images better)")
     g.add_argument("--negatives", default=f.negatives,
                    help=f"one of {', '.join(NEGATIVES)} (hard: wrong labels the model now prefers)")
     g = t.add_argument_group("optimisation")
