@@ -62,9 +62,9 @@ class FFConfig:
     # goodness prediction sums the goodness of these units: "all" (the paper), "skip-first",
     # all but the first when there are several (as Hinton's FF code does), or "auto": at every
     # evaluation whichever of the two labels a fixed sample of the training images better.
-    # skip-first is data-dependent: +0.3 points on Fashion-MNIST after 10 epochs of the
-    # default, 2-3 points worse for plain FF and on data whose first unit already separates the
-    # classes while later ones are still learning (docs/method.md).
+    # skip-first is data-dependent: +0.2 to +0.7 points on Fashion-MNIST after 10 epochs of the
+    # default, 0.6-6.3 points worse for plain FF and most single levers, and far worse on data
+    # whose first unit already separates the classes while later ones still learn (method.md).
     predict_units: str = "auto"
     negatives: str = "random"  # hard: wrong labels drawn from the model's current prediction
 
