@@ -85,7 +85,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--loss", default=f.loss, help=f"one of {', '.join(LOSSES)} (symba: on G_pos - G_neg)")
     g.add_argument("--symba-alpha", type=float, default=f.symba_alpha)
     g.add_argument("--peer-weight", type=float, default=f.peer_weight,
-                   help="peer normalisation weight in every unit's loss (0: off)")
+                   help="peer normalisation weight in every unit's loss (default %(default)s; 0: off)")
     g.add_argument("--norm", default=f.norm, help=f"one of {', '.join(NORMS)}")
     g.add_argument("--schedule", default=f.schedule, help=f"one of {', '.join(SCHEDULES)}")
     g.add_argument("--int8-kernel", default=f.int8_kernel, help=f"one of {', '.join(KERNELS)}")
