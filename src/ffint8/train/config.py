@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from ffint8.errors import ConfigError
 
@@ -99,10 +99,17 @@ class FFConfig:
     def backprop(self) -> bool:
         return self.algo in BP_ALGOS
 
+    def resolved(self, chosen: str | None = None) -> FFConfig:
+        """This config with predict_units auto replaced by the units a trainer chose (`chosen`),
+        or by all where none has chosen yet (as a trainer does before its first evaluation)."""
+        if self.predict_units != "auto":
+            return self
+        return replace(self, predict_units=chosen or "all")
+
     def scored_units(self, n_units: int) -> list[int]:
-        """Indices of the units whose goodness the goodness prediction sums, of n_units in all;
-        auto, where no trainer has made its choice, sums all (as a trainer does before its first)."""
-        return scored_units(n_units, "all" if self.predict_units == "auto" else self.predict_units)
+        """Indices of the units whose goodness the goodness prediction sums, of n_units in all
+        (auto: see resolved)."""
+        return scored_units(n_units, self.resolved().predict_units)
 
     def lam(self, epoch: int) -> float:
         """lambda during 0-based epoch `epoch`: starts at lambda_start, + lambda_step per epoch."""

@@ -124,8 +124,7 @@ class FFTrainer:
         self.seeds = SeedStream(self.cfg.seed)  # stochastic rounding
         # the units goodness prediction sums: the config's, or with "auto" the last choice of
         # choose_predict_units ("all" until the first)
-        auto = self.cfg.ff.predict_units == "auto"
-        self.predict_units = "all" if auto else self.cfg.ff.predict_units
+        self.predict_units = self.cfg.ff.resolved().predict_units
         self.selection: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # auto's
 
     def state_dict(self) -> dict:
@@ -147,9 +146,7 @@ class FFTrainer:
     def prediction_config(self) -> TrainConfig:
         """cfg with --predict-units auto resolved to the current choice: what model.pt records,
         so that eval, predict and export score as the run's last evaluation did."""
-        if self.cfg.ff.predict_units != "auto":
-            return self.cfg
-        return replace(self.cfg, ff=replace(self.cfg.ff, predict_units=self.predict_units))
+        return replace(self.cfg, ff=self.cfg.ff.resolved(self.predict_units))
 
     def _batch(self, xb: torch.Tensor, yb: torch.Tensor,
                neg: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,10 +121,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
 def prediction_config(cfg: TrainConfig, blob: dict) -> TrainConfig:
     """cfg with --predict-units auto resolved, for scoring a saved model: model.pt is written
     resolved; a checkpoint.pt keeps auto and its trainer's last choice ("all" before any)."""
-    if cfg.ff.predict_units != "auto":
-        return cfg
-    chosen = blob.get("trainer", {}).get("predict_units", "all")
-    return replace(cfg, ff=replace(cfg.ff, predict_units=chosen))
+    return replace(cfg, ff=cfg.ff.resolved(blob.get("trainer", {}).get("predict_units")))
 
 
 def expect_checkpoint(path: str | Path, model: str | None = None, algo: str | None = None) -> None:
