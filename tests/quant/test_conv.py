@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ffint8.quant import fastsr
 from ffint8.quant.conv import (
     CONV_KERNELS,
     ConvSpec,
@@ -83,6 +84,23 @@ def test_kernels_bit_exact(case, kernel, signed):
     assert torch.equal(z, int8_conv2d(x, w, spec, "reference"))
     assert torch.equal(gw, int8_conv2d_weight(x, gz, w.shape, spec, "reference"))
     assert torch.equal(gx, int8_conv2d_input(gz, w, x.shape, spec, "reference"))
+
+
+@pytest.mark.parametrize("transpose", ["c-kernel", "torch"])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_bit_exact_channels_last(case, kernel, transpose, monkeypatch):
+    # The layout the FF units hold their int8 activations and gradients in: the weight gradient
+    # then swaps batch and channels by a transpose (the C kernel, or PyTorch where it is missing).
+    if transpose == "torch":
+        monkeypatch.setattr(fastsr, "transpose_bytes", lambda *a: None)
+    x, w, gz, spec = operands(case, 5, signed=False)
+    xc, gc = (t.contiguous(memory_format=torch.channels_last) for t in (x, gz))
+    assert torch.equal(int8_conv2d(xc, w, spec, kernel), int8_conv2d(x, w, spec, "reference"))
+    assert torch.equal(int8_conv2d_weight(xc, gc, w.shape, spec, kernel),
+                       int8_conv2d_weight(x, gz, w.shape, spec, "reference"))
+    assert torch.equal(int8_conv2d_input(gc, w, x.shape, spec, kernel),
+                       int8_conv2d_input(gz, w, x.shape, spec, "reference"))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

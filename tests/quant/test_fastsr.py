@@ -378,3 +378,28 @@ def test_rows_nearest_declines_what_it_cannot_take():
     assert fastsr.quantize_rows_nearest(torch.randn(3, 4, 5)) is None
     assert fastsr.quantize_rows_nearest(torch.randn(6, 5).t()) is None
     assert fastsr.quantize_rows_nearest(torch.randn(6, 5, dtype=torch.float64)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the byte transpose
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", (torch.int8, torch.uint8))
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 8, 8), (3, 16, 16), (2, 17, 9), (1, 5, 40),
+                                   (4, 33, 31), (1, 1000, 3), (2, 3, 1000), (1, 64, 129)])
+def test_transpose_bytes_equals_torch(shape, dtype):
+    # Full tiles, partial tiles and ragged 8x8 edges on both axes.
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randint(-128 if dtype == torch.int8 else 0, 128, shape, generator=gen, dtype=dtype)
+    out = fastsr.transpose_bytes(x, shape[1], shape[2])
+    assert out is not None and out.dtype == dtype and out.is_contiguous()
+    assert torch.equal(out.view(shape[0], shape[2], shape[1]), x.transpose(1, 2))
+
+
+@needs_lib
+def test_transpose_bytes_declines_what_it_cannot_take():
+    assert fastsr.transpose_bytes(torch.zeros(4, 4), 4, 4) is None  # 4-byte elements
+    assert fastsr.transpose_bytes(torch.zeros(4, 6, dtype=torch.int8).t(), 6, 4) is None
+    assert fastsr.transpose_bytes(torch.zeros(10, dtype=torch.int8), 3, 3) is None  # 10 % 9
+    assert fastsr.transpose_bytes(torch.zeros(0, dtype=torch.int8), 0, 3) is None

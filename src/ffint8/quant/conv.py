@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ffint8.quant import fastsr
 from ffint8.quant.gemm import FLOAT_EXACT_K, MAX_EXACT_K, cpu_has_int8_dot, int8_mm
 
 ConvKernel = Literal["auto", "onednn", "im2col", "float-exact", "reference"]
@@ -285,6 +286,32 @@ def _onednn_forward(x, w, spec, dtype=None, x_scale=1.0, w_scales=None):
     return _onednn(x, w, (stride, padding, (1, 1), spec.groups), x_scale, w_scales, dtype)
 
 
+def _swap01(t: torch.Tensor) -> torch.Tensor:
+    """(A, B, H, W) -> contiguous (B, A, H, W), for 1-byte tensors.
+
+    Activations and gradients come channels_last, where this is a transpose of the (A*H*W, B)
+    matrix in memory; the C kernel does it 4-6x faster than PyTorch's byte-wise strided copy.
+    An NCHW tensor moves whole rows of H*W bytes, which PyTorch does well.
+    """
+    a, b, h, w = t.shape
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        flat = fastsr.transpose_bytes(t.permute(0, 2, 3, 1), a * h * w, b)
+        if flat is not None:
+            return flat.view(b, a, h, w)
+    return t.transpose(0, 1).contiguous()
+
+
+def _weight_act(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """x (N, C, H, W) as the activation of the weight-gradient convolution: (C/G, G*N, H, W),
+    contiguous (batch and channels swapped within each group)."""
+    n, c, h, w = x.shape
+    if groups == 1:
+        return _swap01(x)
+    x = x.contiguous()  # NCHW: the copy below then moves whole rows
+    act = x.reshape(n, groups, c // groups, h, w).permute(2, 1, 0, 3, 4)
+    return act.reshape(c // groups, groups * n, h, w)
+
+
 def _onednn_weight(x, g, w_shape, spec, dtype=None, x_scale=1.0, g_scales=None):
     """Channels and batch swapped: act (Cg, G*N, H, W), weight g (O, N, Ho, Wo).
 
@@ -294,47 +321,44 @@ def _onednn_weight(x, g, w_shape, spec, dtype=None, x_scale=1.0, g_scales=None):
     """
     kh, kw = w_shape[2:]
     (sh, sw), (ph, pw) = spec.stride, spec.padding
-    # Rows / columns past the last window are cut (negative padding), so the padded input has
-    # exactly s * (Ho - 1) + k rows.
-    rh, rw = (x.shape[2] + 2 * ph - kh) % sh, (x.shape[3] + 2 * pw - kw) % sw
+    g = _swap01(g)  # (O, N, Ho, Wo): the "weight"
+    if (sh, sw) != (1, 1):
+        # Rows / columns past the last window are cut (negative padding), so the padded input
+        # has exactly s * (Ho - 1) + k rows. The phases are taken before batch and channels are
+        # swapped: in x's channels_last memory a phase moves whole channel vectors.
+        rh, rw = (x.shape[2] + 2 * ph - kh) % sh, (x.shape[3] + 2 * pw - kw) % sw
+        x = F.pad(x, (pw, pw - rw, ph, ph - rh))
+
+    def phase(fh: int, fw: int) -> torch.Tensor:
+        xf = x[:, :, fh::sh, fw::sw][:, :, : g.shape[2] + (kh - fh - 1) // sh,
+                                     : g.shape[3] + (kw - fw - 1) // sw]
+        return xf.contiguous(memory_format=torch.channels_last)
+
     if spec.groups == 1 and w_shape[1] * kh * kw <= w_shape[0]:
         # Few patch rows (1x1 convs, the 3-channel stem): im2col is a small copy, and oneDNN's
         # int8 GEMM beats a convolution whose kernel is the whole of g.
-        cols = _pad(x, spec).unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw) view
-        act = cols.permute(1, 4, 5, 0, 2, 3).reshape(w_shape[1] * kh * kw, -1)  # (C*kk, N*L)
-        z = _onednn(act, g.transpose(0, 1).reshape(g.shape[1], -1), None, x_scale, g_scales, dtype)
+        if (kh, kw) == (1, 1):
+            act = _swap01(x if (sh, sw) == (1, 1) else phase(0, 0))  # (C, N, Ho, Wo)
+        else:
+            pad = spec.padding if (sh, sw) == (1, 1) else (0, 0)
+            act = _pad(_swap01(x), ConvSpec(1, pad)).unfold(2, kh, sh).unfold(3, kw, sw)
+            act = act.permute(0, 4, 5, 1, 2, 3)  # (C, kh, kw, N, Ho, Wo)
+        z = _onednn(act.reshape(w_shape[1] * kh * kw, -1), g.reshape(g.shape[0], -1), None,
+                    x_scale, g_scales, dtype)
         return z.t().reshape(w_shape)  # (C*kk, O) -> (O, C, kh, kw)
-    x = x.contiguous()  # NCHW: the copies below then move whole rows
-    if (sh, sw) == (1, 1):
-        padding = spec.padding  # oneDNN pads
-    else:
-        x, padding = F.pad(x, (pw, pw - rw, ph, ph - rh)), (0, 0)
-    g = g.transpose(0, 1).contiguous()  # (O, N, Ho, Wo): the "weight"
+    if (sh, sw) == (1, 1):  # oneDNN pads
+        conv = ((1, 1), spec.padding, (1, 1), spec.groups)
+        z = _onednn(_weight_act(x, spec.groups), g, conv, x_scale, g_scales, dtype)
+        return z.permute(1, 0, 2, 3).contiguous()  # (Cg, O, kh, kw) -> (O, Cg, kh, kw)
+    conv = ((1, 1), (0, 0), (1, 1), spec.groups)
     packs: dict = {}  # g packed once for all phases
-    if (sh, sw) == (1, 1):
-        return _onednn_weight_s1(x, g, padding, spec.groups, x_scale, g_scales, dtype, packs)
-    out = None
+    out = g.new_empty(w_shape, dtype=dtype or torch.float32)
     for fh in range(min(sh, kh)):
         for fw in range(min(sw, kw)):
-            xf = x[:, :, fh::sh, fw::sw]
-            z = _onednn_weight_s1(xf[:, :, : g.shape[2] + (kh - fh - 1) // sh,
-                                     : g.shape[3] + (kw - fw - 1) // sw],
-                                  g, (0, 0), spec.groups, x_scale, g_scales, dtype, packs)
-            if out is None:
-                out = z.new_empty(w_shape)
-            out[:, :, fh::sh, fw::sw] = z
+            z = _onednn(_weight_act(phase(fh, fw), spec.groups), g, conv, x_scale, g_scales,
+                        dtype, packs)
+            out[:, :, fh::sh, fw::sw] = z.permute(1, 0, 2, 3)
     return out
-
-
-def _onednn_weight_s1(x, g, padding, groups, x_scale, g_scales, dtype, packs):
-    """Stride-1 weight gradient: x (N, C, H, W) int8, g (O, N, Ho, Wo) -> (O, C/G, kh, kw)."""
-    n, c, h, w = x.shape
-    # One copy moving whole rows leaves act NCHW, which oneDNN reorders itself far faster than a
-    # strided byte copy to channels_last (measured 2 ms against 15 ms).
-    act = x.reshape(n, groups, c // groups, h, w).permute(2, 1, 0, 3, 4)
-    act = act.reshape(c // groups, groups * n, h, w)
-    z = _onednn(act, g, ((1, 1), padding, (1, 1), groups), x_scale, g_scales, dtype, packs)
-    return z.permute(1, 0, 2, 3).contiguous()  # (Cg, O, kh, kw) -> (O, Cg, kh, kw)
 
 
 def _onednn_input(g, w, x_shape, spec, dtype=None, g_scale=1.0, w_scales=None):

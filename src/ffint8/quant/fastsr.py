@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ffq_adam8.restype = None
     lib.ffq_adam8.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
+    lib.ffq_transpose_u8.restype = None
+    lib.ffq_transpose_u8.argtypes = [ptr, ptr, i64, i64, i64]
     return lib
 
 
@@ -157,6 +160,21 @@ def quantize_rows_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] 
     else:
         scale.fill_(1.0)  # as absmax_scale gives an empty row
     return q, scale
+
+
+def transpose_bytes(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor | None:
+    """The 1-byte CPU tensor x, read as contiguous (batch, rows, cols), copied out as a
+    contiguous (batch, cols, rows) tensor (returned flat), or None where the C kernel is
+    unavailable or x does not fit (then the caller copies with PyTorch)."""
+    if (x.device.type != "cpu" or x.element_size() != 1 or not x.is_contiguous()
+            or rows <= 0 or cols <= 0 or x.numel() % (rows * cols) or sys.byteorder != "little"):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    out = torch.empty(x.numel(), dtype=x.dtype)
+    lib.ffq_transpose_u8(x.data_ptr(), out.data_ptr(), x.numel() // (rows * cols), rows, cols)
+    return out
 
 
 MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c
