@@ -154,7 +154,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.size}x{args.size}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{args.stat} of {args.repeats}; ms per call; ratio = fp32 time / int8 time (best fp32 layout)")
-    for op in args.ops.split(","):
+    overall: dict[str, float] = {}  # best-fp32 and each int8 kernel, summed over the ops
+    seen: dict[str, int] = {}  # how many ops timed it ("+quant" is timed for the forward only)
+    ops = args.ops.split(",")
+    for op in ops:
         totals: dict[str, float] = {}
         names: list[str] = []
         print(f"\n== {op} ==")
@@ -173,6 +176,14 @@ def main() -> None:
         totals["best-fp32"] = min(totals["fp32"], totals["fp32-cl"])
         print(f"{'ResNet-18 sum (weighted)':32s}" + "".join(f"{1e3 * totals[n]:14.2f}" for n in names)
               + "".join(f"{totals['best-fp32'] / totals[n]:16.2f}" for n in names[2:]))
+        for n in ["best-fp32", *names[2:]]:
+            overall[n] = overall.get(n, 0.0) + totals[n]
+            seen[n] = seen.get(n, 0) + 1
+    if len(ops) > 1:
+        print(f"\n== {' + '.join(ops)}, summed over ResNet-18 (best fp32 layout per op) ==")
+        for n in [k for k in overall if k != "best-fp32" and seen[k] == len(ops)]:
+            print(f"{n:14s} int8 {1e3 * overall[n]:9.2f} ms  fp32 {1e3 * overall['best-fp32']:9.2f} ms"
+                  f"  ratio {overall['best-fp32'] / overall[n]:.2f}")
 
 
 if __name__ == "__main__":
