@@ -23,6 +23,7 @@ from ffint8.train.config import (
     PREDICT,
     PREDICT_UNITS,
     PRESETS,
+    RESUME_MAY_CHANGE,
     SCHEDULES,
     FFConfig,
     TrainConfig,
@@ -126,7 +127,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                    help="YAML or TOML file of option defaults; flags given here override it")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last finished epoch, with its config "
-                        "(only --epochs may change)")
+                        "(only --epochs, --eval-every and --threads may change)")
     g = t.add_argument_group("distributed (one process per rank: torchrun --nproc-per-node N -m "
                              "ffint8 train --distributed ...; see docs/distributed.md)")
     g.add_argument("--distributed", nargs="?", const="data", default=None, metavar="data|pipeline",
@@ -217,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # What a resumed run may be given beside --resume: none of it changes what is trained.
-_RESUME_FREE = frozenset({"command", "resume", "epochs", "no_progress", "tensorboard",
+_RESUME_FREE = frozenset({"command", "resume", *RESUME_MAY_CHANGE, "no_progress", "tensorboard",
                           "distributed", "grad_int8"})
 
 
@@ -267,8 +268,9 @@ def check_resume_options(args: argparse.Namespace, argv: list[str], saved: Train
                           f"(the run has {_shown(have[key])})")
     if differ:
         raise ConfigError(f"--resume {args.resume}: a resumed run keeps the configuration it was "
-                          f"started with (only --epochs may change), but {'; '.join(differ)}; "
-                          "drop those options, or start a new run with its own --out")
+                          "started with (only --epochs, --eval-every and --threads may change), but "
+                          f"{'; '.join(differ)}; drop those options, or start a new run with its "
+                          "own --out")
 
 
 def _shown(value) -> str:
@@ -289,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
 
             line = sys.argv[1:] if argv is None else argv
             if args.resume:
+                given = _given_train_options(args, line)
                 cfg = resume_config(args.resume, args.epochs,
-                                    check=lambda saved: check_resume_options(args, line, saved))
+                                    check=lambda saved: check_resume_options(args, line, saved),
+                                    **{k: getattr(args, k) for k in ("eval_every", "threads")
+                                       if k in given})
                 args.out = args.resume
             else:
                 check_model_options(args, line)

@@ -167,6 +167,34 @@ def test_resume_takes_the_first_command_line_again(tmp_path):
     assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
 
 
+@pytest.fixture
+def keep_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_resume_may_change_threads_and_eval_every(tmp_path, keep_torch_threads):
+    # A run may move to a machine with other cores, and be scored more or less often: neither
+    # changes what is trained, so both are taken, and the run's files then name the new values.
+    # (The last epoch of each command is always scored.)
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "2", "--threads", "2", "--eval-every", "5",
+                 "--out", str(run)]) == 0
+    text = (run / "config.yaml").read_text()
+    assert "threads: 2" in text and "eval_every: 5" in text
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--threads", "1"]) == 0
+    text = (run / "config.yaml").read_text()
+    assert "threads: 1" in text and "eval_every: 5" in text  # not given: the run's own kept
+    assert torch.get_num_threads() == 1
+    assert main(["train", "--resume", str(run), "--epochs", "7", "--eval-every", "1"]) == 0
+    text = (run / "config.yaml").read_text()
+    assert "threads: 1" in text and "eval_every: 1" in text
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert [e["test_accuracy"] is None for e in epochs] == [True, False, True, False, False,
+                                                            False, False]
+
+
 def test_resume_from_a_model_file_is_a_clear_error(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0

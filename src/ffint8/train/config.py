@@ -120,6 +120,11 @@ class FFConfig:
 # field existed gets the value that reproduces what that run did, not today's default.
 FF_BEFORE_FIELD = {"peer_weight": 0.0, "predict_units": "all"}
 
+# TrainConfig fields a resumed run may change, since nothing trained depends on them. A run may
+# move to a machine with other cores: float32 sums may then round differently in the last bits;
+# int8 ones cannot.
+RESUME_MAY_CHANGE = ("epochs", "eval_every", "threads")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

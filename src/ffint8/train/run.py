@@ -22,7 +22,7 @@ from ffint8.measure import RunMeasurement
 from ffint8.models import create_model
 from ffint8.quant import fastsr
 from ffint8.quant.gemm import cpu_has_int8_dot, resolve_kernel
-from ffint8.train.config import TrainConfig
+from ffint8.train.config import RESUME_MAY_CHANGE, TrainConfig
 from ffint8.train.loop import EpochLog, FFTrainer
 
 if TYPE_CHECKING:
@@ -145,23 +145,25 @@ def load_training_checkpoint(path: str | Path) -> tuple[TrainConfig, dict]:
 
 def resume_config(run_dir: str | Path, epochs: int | None = None,
                   log: Callable[[str], None] = print,
-                  check: Callable[[TrainConfig], None] | None = None) -> TrainConfig:
-    """The config a run directory was started with (epochs replaced when given; with a learning
-    rate schedule that then stretches, log says so). check, if given, sees the run's own config
-    first and may raise."""
+                  check: Callable[[TrainConfig], None] | None = None,
+                  **changes: int | None) -> TrainConfig:
+    """The config a run directory was started with, with the RESUME_MAY_CHANGE fields given here
+    (not None) replaced; where a longer --epochs stretches the learning-rate schedule, log says
+    so. check, if given, sees the run's own config first and may raise."""
+    if not set(changes) <= set(RESUME_MAY_CHANGE):
+        raise TypeError(f"resume_config cannot change {sorted(set(changes) - set(RESUME_MAY_CHANGE))}")
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoint.pt there to resume from")
     cfg, _ = load_training_checkpoint(path)
     if check is not None:
         check(cfg)
-    if epochs is not None and epochs != cfg.epochs:
-        if cfg.lr_schedule != "constant":
-            log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
-                f"learning-rate schedule now spans {epochs} epochs, so the result differs from a "
-                f"run started with --epochs {epochs}")
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
-    return cfg
+    if epochs is not None and epochs != cfg.epochs and cfg.lr_schedule != "constant":
+        log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
+            f"learning-rate schedule now spans {epochs} epochs, so the result differs from a "
+            f"run started with --epochs {epochs}")
+    changes = {k: v for k, v in {**changes, "epochs": epochs}.items() if v is not None}
+    return TrainConfig.from_dict({**cfg.to_dict(), **changes}) if changes else cfg
 
 
 def write_epoch_csv(path: Path, history: list[EpochLog]) -> None:
@@ -209,11 +211,9 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     model = build_model(cfg, in_features, data.num_classes)
     trainer = make_trainer(model, cfg, data.num_classes, parallel)
     ckpt = out / "checkpoint.pt"
-    if lead:
-        dump_resolved(cfg.to_dict(), out / "config.yaml")
     if resume:
         saved_cfg, blob = load_training_checkpoint(ckpt)
-        same = {"epochs": 0, "eval_every": 1}  # may change on resume: training does not depend on them
+        same = dict.fromkeys(RESUME_MAY_CHANGE)
         if saved_cfg.to_dict() | same != cfg.to_dict() | same:
             raise CheckpointError(f"{ckpt}: written by a run with another configuration")
         try:
@@ -222,6 +222,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{ckpt}: its trainer state does not fit this run: {first}") from None
         log(f"resuming {ckpt} after epoch {trainer.epoch}")
+    if lead:  # after the checks: a refused resume leaves the run's own config.yaml
+        dump_resolved(cfg.to_dict(), out / "config.yaml")
     if parallel is not None:
         parallel.check_data(len(data.train), cfg.batch_size)
         parallel.setup(trainer)
