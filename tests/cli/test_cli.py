@@ -167,14 +167,7 @@ def test_resume_takes_the_first_command_line_again(tmp_path):
     assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["epochs"]] == [1, 2]
 
 
-@pytest.fixture
-def keep_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def test_resume_may_change_threads_and_eval_every(tmp_path, keep_torch_threads):
+def test_resume_may_change_threads_and_eval_every(tmp_path, one_torch_thread):
     # A run may move to a machine with other cores, and be scored more or less often: neither
     # changes what is trained, so both are taken, and the run's files then name the new values.
     # (The last epoch of each command is always scored.)

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from ffint8.errors import DivergenceError
+from ffint8.errors import CheckpointError, DivergenceError
 from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.loop import FFTrainer
 from ffint8.train.run import kernel_description, load_checkpoint, run_training
@@ -111,3 +111,16 @@ def test_kernel_description_names_what_ran():
     cnn = kernel_description(TrainConfig(model="resnet18", ff=FFConfig(int8_kernel="reference")))
     # the convolutions' kernel per op, then the dense head's GEMM
     assert cnn.startswith("conv: forward reference, weight reference, input reference; dense: reference")
+
+
+def test_resume_with_another_config_is_refused_and_writes_nothing(tmp_path, one_torch_thread):
+    run_training(small_cfg(epochs=1), tmp_path, progress=False, log=lambda s: None)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match="another configuration"):
+        run_training(small_cfg(epochs=2, lr=0.01), tmp_path, progress=False, log=lambda s: None,
+                     resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files
+    # what may change on resume does not count as another configuration
+    run_training(small_cfg(epochs=2, threads=1, eval_every=2), tmp_path, progress=False,
+                 log=lambda s: None, resume=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")[1].threads == 1
