@@ -38,6 +38,31 @@ def test_flag_reaches_the_config():
     assert cfg.ff.predict_units == "skip-first"
 
 
+def test_auto_takes_uint8_images_as_their_float_rows():
+    # eval --predict-units auto hands over the data set's uint8 images, so that only the sampled
+    # rows are ever converted: the same choice and the same counts as the float inputs give.
+    cfg = TrainConfig(hidden=(16, 16), ff=FFConfig(algo="ff-fp32", predict_units="auto"))
+    tr = FFTrainer(create_model("mlp", hidden=(16, 16)), cfg, 10)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 28, 28), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (300,), generator=gen)
+    seen = []
+    real = tr.goodness_per_unit
+
+    def spy(xb):
+        seen.append(xb)
+        return real(xb)
+
+    tr.goodness_per_unit = spy
+    tr.use_for_selection(images, y, 200)
+    choice_u8, rows_u8 = tr.choose_predict_units(), torch.cat(seen)
+    seen.clear()
+    tr.use_for_selection(images.flatten(1).float() / 255, y, 200)
+    assert tr.choose_predict_units() == choice_u8
+    assert rows_u8.dtype == torch.float32 and rows_u8.shape == (200, 784)
+    assert torch.equal(torch.cat(seen), rows_u8)
+
+
 @pytest.mark.parametrize("algo", ["ff-fp32", "ff-int8"])
 @pytest.mark.parametrize("units", ["all", "skip-first"])
 def test_scores_sum_the_goodness_of_the_chosen_units(algo, units):

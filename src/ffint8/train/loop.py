@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from ffint8.data import embed_label, embed_neutral, hard_negative_labels, sample_negative_labels
+from ffint8.data import (
+    embed_label,
+    embed_neutral,
+    hard_negative_labels,
+    sample_negative_labels,
+    to_float_images,
+)
 from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
@@ -271,7 +277,8 @@ class FFTrainer:
         """--predict-units auto: fix the training sample its choice is made on: SELECTION_SAMPLES
         images, and no more than the n_test the evaluation scores, so choosing costs at most one
         more evaluation. Drawn by a generator of its own, so training is not touched; indices
-        into x, so nothing is copied."""
+        into x, so nothing is copied. x: the float32 (N, D) training inputs, or the data set's
+        uint8 images, then converted a batch of sampled rows at a time."""
         n = SELECTION_SAMPLES if n_test is None else min(SELECTION_SAMPLES, n_test)
         g = torch.Generator().manual_seed(self.cfg.seed + SELECTION_SEED)
         self.selection = (x, y, torch.randperm(x.shape[0], generator=g)[:n])
@@ -289,7 +296,8 @@ class FFTrainer:
         hits = torch.zeros(2, dtype=torch.long)
         for i in range(0, idx.numel(), self.cfg.eval_batch_size):
             rows = idx[i : i + self.cfg.eval_batch_size]
-            gs = self.goodness_per_unit(x[rows])
+            xb = x[rows]
+            gs = self.goodness_per_unit(to_float_images(xb) if xb.dtype == torch.uint8 else xb)
             for k, units in enumerate(("all", "skip-first")):
                 scores = sum(gs[u] for u in scored_units(len(gs), units))
                 hits[k] += int((scores.argmax(1) == y[rows]).sum())

@@ -327,8 +327,8 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
                               f"images have {x_test.shape[1]}")
     trainer = make_trainer(model, cfg, blob["num_classes"])
     if predict_units == "auto":  # chosen on the data set's training images, as in training
-        trainer.use_for_selection(to_float_images(data.train.images), data.train.labels,
-                                  len(data.test))
+        # (the uint8 images: only the sampled rows are converted to float)
+        trainer.use_for_selection(data.train.images, data.train.labels, len(data.test))
     acc = trainer.evaluate(x_test, data.test.labels)
     result = {"checkpoint": str(path), "model": cfg.model, "algo": cfg.ff.algo, "dataset": name,
               "test_samples": len(data.test), "test_accuracy": acc}
