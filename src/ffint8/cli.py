@@ -39,14 +39,21 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+# Config fields whose flag's destination is spelled otherwise (--weight-per-channel).
+_FIELD_TO_DEST = {"weight_channel": "weight_per_channel"}
+
+
+def _as_dests(fields: dict) -> dict:
+    """A {config field: value} dict keyed by the flags' destinations instead."""
+    return {_FIELD_TO_DEST.get(k, k): v for k, v in fields.items()}
+
+
 def config_file_keys() -> dict:
     """Options a --config file may set: the config fields, spelled as the flags' destinations."""
     from ffint8.configfile import default_valid_keys
 
-    valid = default_valid_keys()
-    valid["weight_per_channel"] = valid.pop("weight_channel")
-    valid.update(out=str, tensorboard=bool, no_progress=bool)
-    return valid
+    return {**_as_dests(default_valid_keys()), "out": str, "tensorboard": bool,
+            "no_progress": bool}
 
 
 def _expect_flags(sp: argparse.ArgumentParser) -> None:
@@ -254,8 +261,7 @@ def check_resume_options(args: argparse.Namespace, argv: list[str], saved: Train
     def flat(cfg: TrainConfig) -> dict:
         d = cfg.to_dict()
         d.update(d.pop("ff"))
-        d["weight_per_channel"] = d.pop("weight_channel")
-        return d
+        return _as_dests(d)
 
     asked, have = flat(config_from_args(args)), flat(saved)
     differ = []

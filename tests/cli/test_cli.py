@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from ffint8.cli import main
+from ffint8.cli import config_from_args, main, parse_args
 from ffint8.data import write_idx
 
 SMALL = ["--dataset", "synthetic", "--hidden", "64,64", "--limit-train", "1000",
@@ -158,6 +158,21 @@ def test_resume_refuses_options_that_change_the_run(tmp_path, capsys):
     assert rc == 2 and "--look-ahead collab (the run has chain)" in err
     assert (run / "checkpoint.pt").read_bytes() == before  # nothing was trained or written
     assert json.loads((run / "metrics.json").read_text())["epochs"][-1]["epoch"] == 1
+
+
+def test_weight_per_channel_by_flag_config_file_and_resume(tmp_path, capsys):
+    # The one option whose flag is not spelled as its config field (weight_channel).
+    assert config_from_args(parse_args(["train", "--weight-per-channel"])).ff.weight_channel
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("weight_per_channel: true\n")
+    assert config_from_args(parse_args(["train", "--config", str(cfg_file)])).ff.weight_channel
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    rc, err = _error(capsys, ["train", "--resume", str(run), "--weight-per-channel"])
+    assert rc == 2 and "--weight-per-channel True (the run has False)" in err
+    rc, err = _error(capsys, ["train", "--resume", str(run), "--config", str(cfg_file)])
+    assert rc == 2 and "--weight-per-channel True (the run has False)" in err
 
 
 def test_resume_takes_the_first_command_line_again(tmp_path):
