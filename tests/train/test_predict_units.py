@@ -86,6 +86,26 @@ def test_scores_sum_the_goodness_of_the_chosen_units(algo, units):
     assert not torch.allclose(got, other, rtol=1e-3, atol=1e-4)  # the choice matters
 
 
+@pytest.mark.parametrize("algo", ["ff-fp32", "ff-int8"])
+def test_cnn_scores_do_not_depend_on_how_rows_are_split(algo, monkeypatch):
+    # CNN goodness prediction forwards its (image, label) rows in pieces of CNN_EVAL_ROWS; pieces
+    # that cut through a label's rows must give the scores one forward of all rows gives.
+    from ffint8.train import loop
+
+    cfg = TrainConfig(model="mobilenetv2", width=0.125, ff=FFConfig(algo=algo))
+    torch.manual_seed(0)
+    tr = FFTrainer(create_model("mobilenetv2", in_features=784, width=0.125), cfg, 10)
+    x = torch.rand(3, 784)
+    whole = tr.predict_scores(x)
+    monkeypatch.setattr(loop, "CNN_EVAL_ROWS", 7)
+    pieces = tr.predict_scores(x)
+    assert whole.shape == (3, 10)
+    if algo == "ff-int8":  # one scale per sample and exact int32 sums: bit-equal
+        assert torch.equal(pieces, whole)
+    else:  # float32 convolutions may block differently for another batch size
+        assert torch.allclose(pieces, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_cnn_scores_follow_the_choice():
     torch.manual_seed(0)
     base = dict(model="resnet18", width=0.125)
