@@ -1,4 +1,5 @@
 """The fused CPU quantiser (csrc/fastquant.c): built with the system C compiler on first use.
+The same library holds adam8's fused step and a byte transpose for the int8 convolutions.
 
 Plain PyTorch needs five or more passes over memory to quantise a tensor, and torch.rand costs a
 few ns per element, more than the int8 GEMM the result feeds at FF's batch sizes. The C kernel does

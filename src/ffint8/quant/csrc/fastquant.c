@@ -1,4 +1,5 @@
-/* Fused symmetric int8 quantisation for CPU float32 tensors.
+/* Fused symmetric int8 quantisation for CPU float32 tensors (and, below it, adam8's fused step
+ * and a tiled byte transpose for the int8 convolutions).
  *
  * One pass finds max|x|, one pass scales, rounds and stores int8. Stochastic rounding draws its
  * uniform numbers from a counter-based hash of (element index, two 32-bit keys), so no generator
