@@ -36,10 +36,12 @@ def speed(args: argparse.Namespace) -> None:
     data = load_dataset("fashion-mnist", limit_train=args.limit_train, limit_test=1)
     x, y = to_float_images(data.train.images), data.train.labels
 
+    peer = {} if args.peer_weight is None else {"peer_weight": args.peer_weight}
+
     def trainer(algo: str) -> FFTrainer:
         cfg = TrainConfig(model=args.model, width=args.width, batch_size=args.batch_size,
                           ff=FFConfig(algo=algo, look_ahead=args.look_ahead,
-                                      lambda_start=args.lambda_start))
+                                      lambda_start=args.lambda_start, **peer))
         torch.manual_seed(0)
         tr = FFTrainer(build_model(cfg, x.shape[1], 10), cfg, 10)
         tr.train_epoch(x[: 2 * args.batch_size], y[: 2 * args.batch_size])  # warm-up
@@ -47,8 +49,8 @@ def speed(args: argparse.Namespace) -> None:
 
     trainers = {a: trainer(a) for a in ("ff-int8", "ff-fp32")}
     print(f"{args.model} width {args.width}, look-ahead {args.look_ahead} (lambda "
-          f"{args.lambda_start}), {len(x)} samples per epoch, batch {args.batch_size}, "
-          f"{args.threads} threads, {args.rounds} rounds of alternating epochs", flush=True)
+          f"{args.lambda_start}), peer {trainers['ff-int8'].cfg.ff.peer_weight}, {len(x)} "
+          f"samples per epoch, batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds of alternating epochs", flush=True)
     times: dict[str, list[float]] = {a: [] for a in trainers}
     for r in range(args.rounds):
         for algo, tr in trainers.items():
@@ -106,6 +108,9 @@ def main() -> None:
                    help="lambda during the timed epochs (0 would switch look-ahead off)")
     s.add_argument("--limit-train", type=int, default=256)
     s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--peer-weight", type=float, default=None,
+                   help="peer normalisation weight (default: ffint8 train's); 0 compares with "
+                        "sessions before it became a default")
     a = sub.add_parser("ablation")
     a.add_argument("--looks", default="none,collab,chain")
     a.add_argument("--algo", default="ff-int8")
