@@ -50,7 +50,8 @@ def speed(args: argparse.Namespace) -> None:
     trainers = {a: trainer(a) for a in ("ff-int8", "ff-fp32")}
     print(f"{args.model} width {args.width}, look-ahead {args.look_ahead} (lambda "
           f"{args.lambda_start}), peer {trainers['ff-int8'].cfg.ff.peer_weight}, {len(x)} "
-          f"samples per epoch, batch {args.batch_size}, {args.threads} threads, {args.rounds} rounds of alternating epochs", flush=True)
+          f"samples per epoch, batch {args.batch_size}, {args.threads} threads, {args.rounds} "
+          "rounds of alternating epochs", flush=True)
     times: dict[str, list[float]] = {a: [] for a in trainers}
     for r in range(args.rounds):
         for algo, tr in trainers.items():
