@@ -255,9 +255,10 @@ def check_model_options(args: argparse.Namespace, argv: list[str]) -> None:
                           f"{', '.join(have) or 'none'}")
 
 
-def check_resume_options(args: argparse.Namespace, argv: list[str], saved: TrainConfig) -> None:
-    """A ConfigError naming every option given with --resume that differs from the run's own
-    configuration; repeating the run's first command line with --resume added is fine."""
+def check_resume_options(args: argparse.Namespace, given: set[str], saved: TrainConfig) -> None:
+    """A ConfigError naming every option given with --resume (given: _given_train_options) that
+    differs from the run's own configuration; repeating the run's first command line with
+    --resume added is fine."""
     def flat(cfg: TrainConfig) -> dict:
         d = cfg.to_dict()
         d.update(d.pop("ff"))
@@ -265,7 +266,7 @@ def check_resume_options(args: argparse.Namespace, argv: list[str], saved: Train
 
     asked, have = flat(config_from_args(args)), flat(saved)
     differ = []
-    for key in sorted(_given_train_options(args, argv) - _RESUME_FREE):
+    for key in sorted(given - _RESUME_FREE):
         if key == "out":
             if Path(args.out).resolve() != Path(args.resume).resolve():
                 differ.append(f"--out {args.out} (the run is {args.resume})")
@@ -299,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume:
                 given = _given_train_options(args, line)
                 cfg = resume_config(args.resume, args.epochs,
-                                    check=lambda saved: check_resume_options(args, line, saved),
-                                    **{k: getattr(args, k) for k in ("eval_every", "threads")
-                                       if k in given})
+                                    check=lambda saved: check_resume_options(args, given, saved),
+                                    eval_every=args.eval_every if "eval_every" in given else None,
+                                    threads=args.threads if "threads" in given else None)
                 args.out = args.resume
             else:
                 check_model_options(args, line)

@@ -146,12 +146,11 @@ def load_training_checkpoint(path: str | Path) -> tuple[TrainConfig, dict]:
 def resume_config(run_dir: str | Path, epochs: int | None = None,
                   log: Callable[[str], None] = print,
                   check: Callable[[TrainConfig], None] | None = None,
-                  **changes: int | None) -> TrainConfig:
-    """The config a run directory was started with, with the RESUME_MAY_CHANGE fields given here
-    (not None) replaced; where a longer --epochs stretches the learning-rate schedule, log says
-    so. check, if given, sees the run's own config first and may raise."""
-    if not set(changes) <= set(RESUME_MAY_CHANGE):
-        raise TypeError(f"resume_config cannot change {sorted(set(changes) - set(RESUME_MAY_CHANGE))}")
+                  eval_every: int | None = None, threads: int | None = None) -> TrainConfig:
+    """The config a run directory was started with, with the fields a resumed run may change
+    (RESUME_MAY_CHANGE: epochs, eval_every, threads) replaced where given (not None); where a
+    longer --epochs stretches the learning-rate schedule, log says so. check, if given, sees the
+    run's own config first and may raise."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoint.pt there to resume from")
@@ -162,7 +161,8 @@ def resume_config(run_dir: str | Path, epochs: int | None = None,
         log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
             f"learning-rate schedule now spans {epochs} epochs, so the result differs from a "
             f"run started with --epochs {epochs}")
-    changes = {k: v for k, v in {**changes, "epochs": epochs}.items() if v is not None}
+    given = {"epochs": epochs, "eval_every": eval_every, "threads": threads}
+    changes = {k: v for k, v in given.items() if v is not None}
     return TrainConfig.from_dict({**cfg.to_dict(), **changes}) if changes else cfg
 
 
