@@ -84,6 +84,28 @@ def test_int8_mm_non_contiguous_operands(kernel):
     assert torch.equal(int8_mm(a, b, kernel).long(), ref_mm(a, b))
 
 
+def _odd_stride(t: torch.Tensor) -> torch.Tensor:
+    """t's values in column-major strides, as transposing a fresh tensor gives: for a (1, n) or
+    (n, 1) matrix such a view still passes is_contiguous() (a size-1 dim's stride is free)."""
+    out = torch.empty_strided(t.shape, (1, t.shape[0]), dtype=t.dtype)
+    return out.copy_(t)
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("mkn,which", [((24, 1, 2), "b"), ((1, 5, 3), "a"), ((1, 1, 7), "ab"),
+                                      ((4, 6, 1), "b"), ((1, 17, 1), "ab")])
+def test_int8_mm_size_one_dims_with_transposed_strides(kernel, mkn, which):
+    # an im2col conv with one input channel per group multiplies (M, 1) by (1, Og) views like
+    # these; torch._int_mm (2.13, CPU) summed them wrongly before int8_mm copied them
+    m, k, n = mkn
+    gen = torch.Generator().manual_seed(7)
+    a, b = rand_i8((m, k), gen), rand_i8((k, n), gen)
+    a2 = _odd_stride(a) if "a" in which and 1 in a.shape else a
+    b2 = _odd_stride(b) if "b" in which and 1 in b.shape else b
+    assert (a2.stride(), b2.stride()) != (a.stride(), b.stride())
+    assert torch.equal(int8_mm(a2, b2, kernel).long(), ref_mm(a, b))
+
+
 # --------------------------------------------------------------------------------------------
 # extreme values: every product is +-127^2 (the largest the quantiser produces) or (-128)^2
 # (the largest any int8 operands give), the largest partial sums possible

@@ -55,8 +55,22 @@ def resolve_kernel(kernel: Kernel, device: torch.device | str = "cpu") -> str:
     return "float-exact"
 
 
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """t itself, or a row-major copy where a size-1 dim has another stride than a fresh tensor's.
+
+    torch._int_mm on the CPU (2.13, oneDNN) reads layout from strides, even a size-1 dim's: a
+    (1, n) view with strides (1, 1), as transposing an (n, 1) matrix gives, passes is_contiguous()
+    and returns wrong sums. A probe of 2240 shapes and layouts on a Xeon with AMX found 368 wrong,
+    each with a size-1 dim so laid out, and none without one, transposed views included
+    (tests/quant/test_gemm.py)."""
+    if 1 in t.shape and t.stride() != (t.shape[1], 1):
+        return t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch._int_mm with the shape rules of its CUDA kernel met by zero padding (exact)."""
+    a, b = _row_major(a), _row_major(b)
     m, k = a.shape
     n = b.shape[1]
     if a.device.type == "cuda":
