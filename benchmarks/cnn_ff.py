@@ -5,6 +5,7 @@
     python benchmarks/cnn_ff.py ablation [--model resnet18] [--width 0.25] [--looks none,collab,chain]
                                          [--epochs 5] [--limit-train 10000] [--lambda-step 0.05]
                                          [--out runs/cnn_ablation]
+    both also take --device cpu|cuda|cuda:N|auto and --data-dir DIR (Fashion-MNIST's files)
 
 speed:    one ff-int8 and one ff-fp32 trainer of the same model, same data and seed; epochs over
           --limit-train samples run alternately in one process (machine noise hits both alike);
@@ -28,12 +29,14 @@ def speed(args: argparse.Namespace) -> None:
     import torch
 
     from ffint8.data import load_dataset, to_float_images
+    from ffint8.devices import describe_device, resolve_device
     from ffint8.train.config import FFConfig, TrainConfig
     from ffint8.train.loop import FFTrainer
     from ffint8.train.run import build_model
 
     torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", limit_train=args.limit_train, limit_test=1)
+    device = resolve_device(args.device)
+    data = load_dataset("fashion-mnist", args.data_dir, limit_train=args.limit_train, limit_test=1)
     x, y = to_float_images(data.train.images), data.train.labels
 
     peer = {} if args.peer_weight is None else {"peer_weight": args.peer_weight}
@@ -43,14 +46,15 @@ def speed(args: argparse.Namespace) -> None:
                           ff=FFConfig(algo=algo, look_ahead=args.look_ahead,
                                       lambda_start=args.lambda_start, **peer))
         torch.manual_seed(0)
-        tr = FFTrainer(build_model(cfg, x.shape[1], 10), cfg, 10)
+        tr = FFTrainer(build_model(cfg, x.shape[1], 10).to(device), cfg, 10)
         tr.train_epoch(x[: 2 * args.batch_size], y[: 2 * args.batch_size])  # warm-up
         return tr
 
     trainers = {a: trainer(a) for a in ("ff-int8", "ff-fp32")}
     print(f"{args.model} width {args.width}, look-ahead {args.look_ahead} (lambda "
           f"{args.lambda_start}), peer {trainers['ff-int8'].cfg.ff.peer_weight}, {len(x)} "
-          f"samples per epoch, batch {args.batch_size}, {args.threads} threads, {args.rounds} "
+          f"samples per epoch, batch {args.batch_size}, {args.threads} threads, "
+          f"{describe_device(device)}, {args.rounds} "
           "rounds of alternating epochs", flush=True)
     times: dict[str, list[float]] = {a: [] for a in trainers}
     for r in range(args.rounds):
@@ -71,9 +75,11 @@ def ablation(args: argparse.Namespace) -> None:
     budget = ["--model", args.model, "--width", str(args.width), "--epochs", str(args.epochs),
               "--limit-train", str(args.limit_train), "--algo", args.algo,
               "--lambda-step", str(args.lambda_step), "--seed", str(args.seed),
-              "--threads", str(args.threads), "--no-progress"]
+              "--threads", str(args.threads), "--device", args.device, "--no-progress"]
     if args.limit_test:
         budget += ["--limit-test", str(args.limit_test)]
+    if args.data_dir:
+        budget += ["--data-dir", args.data_dir]
     looks = args.looks.split(",")
     for look in looks:
         d = out / args.model / look
@@ -124,11 +130,19 @@ def main() -> None:
     for q in (s, a):
         q.add_argument("--model", default="resnet18")
         q.add_argument("--threads", type=int, default=1)
+        q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+        q.add_argument("--data-dir", default=None, help="Fashion-MNIST's directory (default: "
+                       "the Debian package's)")
     s.add_argument("--width", type=float, default=1.0)
     s.add_argument("--batch-size", type=int, default=32)
     a.add_argument("--width", type=float, default=0.25)
     args = p.parse_args()
-    {"speed": speed, "ablation": ablation}[args.cmd](args)
+    from ffint8.errors import FFInt8Error
+
+    try:
+        {"speed": speed, "ablation": ablation}[args.cmd](args)
+    except FFInt8Error as exc:  # a bad flag or data file: one line, as ffint8's own errors
+        raise SystemExit(f"cnn_ff.py: error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ffint8 import __version__
 from ffint8.data import DATASETS
+from ffint8.devices import DEVICE_FORMS
 from ffint8.errors import ConfigError, DivergenceError, FFInt8Error
 from ffint8.quant.gemm import KERNELS
 from ffint8.train.config import (
@@ -27,6 +28,7 @@ from ffint8.train.config import (
     SCHEDULES,
     FFConfig,
     TrainConfig,
+    resume_may_change_flags,
 )
 
 
@@ -119,6 +121,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--device", default=d.device,
+                   help=f"where to compute: {DEVICE_FORMS} (auto: the GPU where one is usable; "
+                        "default %(default)s)")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="score the test set after every N-th epoch and after the last (default 1)")
     g = t.add_argument_group("output")
@@ -134,7 +139,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                    help="YAML or TOML file of option defaults; flags given here override it")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR from its last finished epoch, with its config "
-                        "(only --epochs, --eval-every and --threads may change)")
+                        f"(only {resume_may_change_flags()} may change)")
     g = t.add_argument_group("distributed (one process per rank: torchrun --nproc-per-node N -m "
                              "ffint8 train --distributed ...; see docs/distributed.md)")
     g.add_argument("--distributed", nargs="?", const="data", default=None, metavar="data|pipeline",
@@ -151,6 +156,7 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None)
     e.add_argument("--dataset", default=None, help="default: the one it was trained on")
     e.add_argument("--limit-test", type=int, default=None)
+    e.add_argument("--device", default="cpu", help=f"where to compute: {DEVICE_FORMS} (default cpu)")
     e.add_argument("--predict-units", default=None,
                    help="FF goodness prediction: score with these units instead of the ones the "
                         "model was trained to predict with (all, skip-first, or auto: chosen on "
@@ -194,7 +200,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        optimizer=a.optimizer,
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
-                       limit_test=a.limit_test, threads=a.threads,
+                       limit_test=a.limit_test, threads=a.threads, device=a.device,
                        eval_every=a.eval_every, ff=ff)
 
 
@@ -275,7 +281,7 @@ def check_resume_options(args: argparse.Namespace, given: set[str], saved: Train
                           f"(the run has {_shown(have[key])})")
     if differ:
         raise ConfigError(f"--resume {args.resume}: a resumed run keeps the configuration it was "
-                          "started with (only --epochs, --eval-every and --threads may change), but "
+                          f"started with (only {resume_may_change_flags()} may change), but "
                           f"{'; '.join(differ)}; drop those options, or start a new run with its "
                           "own --out")
 
@@ -302,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = resume_config(args.resume, args.epochs,
                                     check=lambda saved: check_resume_options(args, given, saved),
                                     eval_every=args.eval_every if "eval_every" in given else None,
-                                    threads=args.threads if "threads" in given else None)
+                                    threads=args.threads if "threads" in given else None,
+                                    device=args.device if "device" in given else None)
                 args.out = args.resume
             else:
                 check_model_options(args, line)
@@ -325,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             from ffint8.train.run import evaluate_checkpoint
 
             print(json.dumps(evaluate_checkpoint(args.checkpoint, args.data_dir, args.dataset,
-                                                 args.limit_test, args.predict_units), indent=2))
+                                                 args.limit_test, args.predict_units,
+                                                 device=args.device), indent=2))
         elif args.command == "predict":
             from ffint8.infer import predict_files
 

@@ -264,3 +264,24 @@ def test_strided_1x1_exact_with_two_threads(two_torch_threads, kernel):
         want = F.conv2d(x.double(), w.double(), stride=2)
         for _ in range(5):
             assert torch.equal(int8_conv2d(x, w, spec, kernel).double(), want), (c, hw, o)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernel", ["auto", "im2col", "reference"])
+@pytest.mark.parametrize("case", CASES)
+def test_kernels_bit_exact_on_cuda(case, kernel):
+    # what --device cuda runs: auto is im2col there (cuBLASLt's int8 GEMM through int8_mm)
+    x, w, gz, spec = operands(case, 5)
+    z, gw, gx = ref_all(x, w, gz, spec)
+    xc, wc, gc = x.cuda(), w.cuda(), gz.cuda()
+    assert torch.equal(int8_conv2d(xc, wc, spec, kernel).cpu().double(), z)
+    assert torch.equal(int8_conv2d_weight(xc, gc, w.shape, spec, kernel).cpu().double(), gw)
+    assert torch.equal(int8_conv2d_input(gc, wc, x.shape, spec, kernel).cpu().double(), gx)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernel", ["float-exact", "onednn"])
+def test_cpu_only_kernels_refuse_cuda_operands(kernel):
+    x, w, _, spec = operands(CASES[0], 0)
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        int8_conv2d(x.cuda(), w.cuda(), spec, kernel)

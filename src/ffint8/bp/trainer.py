@@ -21,6 +21,7 @@ from ffint8.bp.clip import lr_scale
 from ffint8.bp.config import BP_ALGOS, BPConfig
 from ffint8.bp.grad import make_grad_quantizer
 from ffint8.bp.linear import Int8Layer, int8_linear_inference
+from ffint8.devices import synchronize
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError
 from ffint8.nn.blocks import Arith
 from ffint8.train.config import TrainConfig
@@ -54,6 +55,7 @@ class BPTrainer:
             raise ConfigError(f"invalid --algo {self.algo!r} for backprop; choose one of: "
                               f"{', '.join(BP_ALGOS)}")
         layers = self.model.linear_layers()
+        self.device = next(self.model.parameters()).device  # --device; the data stay on the CPU
         self.param_groups = parameter_groups(self.model)
         self.optimizer = make_optimizer([{"params": g} for g in self.param_groups], self.cfg)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # shuffling
@@ -108,13 +110,14 @@ class BPTrainer:
                    disable=not (progress and sys.stderr.isatty()))
         ops = self.layers if self.int8 else None
         self.model.train()  # batch statistics in the norms
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         phase = self.epoch % self.cfg.epochs
         start = time.perf_counter()
         for step, i in enumerate(bar):
             idx = perm[i : i + bs]
             self.optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self.model(x_train[idx], ops), y_train[idx])
+            xb, yb = x_train[idx].to(self.device), y_train[idx].to(self.device)
+            loss = F.cross_entropy(self.model(xb, ops), yb)
             if not bool(torch.isfinite(loss)):
                 raise DivergenceError.at(self.epoch + 1, step + 1, f"the loss is {loss.item()}")
             loss.backward()
@@ -124,6 +127,7 @@ class BPTrainer:
             total += loss.detach()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        synchronize(self.device)  # a GPU's queued work belongs to the epoch's time
         seconds = time.perf_counter() - start
         bar.close()
         check_finite(self.param_groups, self.epoch, len(steps), "parameter group")
@@ -135,7 +139,7 @@ class BPTrainer:
         convolutions with round-to-nearest (no stochastic rounding at inference). The norms use
         their running statistics (eval mode), so a sample's logits do not depend on its batch."""
         self.model.eval()
-        return self.model(x, self.inference_ops)
+        return self.model(x.to(self.device), self.inference_ops)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return accuracy(self.predict_scores, x, y, self.cfg.eval_batch_size)

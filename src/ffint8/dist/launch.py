@@ -47,6 +47,9 @@ def run_distributed(mode: str, cfg: TrainConfig, out_dir: str | Path, grad_int8:
                           "activations, not gradients)")
     if mode == "pipeline" and (resume or tensorboard):
         raise ConfigError("--distributed pipeline does not support --resume or --tensorboard")
+    if cfg.device != "cpu":
+        raise ConfigError(f"--distributed trains on the CPU (gloo); --device {cfg.device} is not "
+                          "supported with it yet")
     rank, world, backend = init_process_group("cpu")
     try:
         if mode == "data":

@@ -59,7 +59,8 @@ E4M3_VALUES = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).flo
 
 def dequantize_blocks(codes: torch.Tensor, scale: torch.Tensor, block: int) -> torch.Tensor:
     """quantize_blocks' inverse: (n,) e4m3 codes and (n / block,) scales -> (n,) float32."""
-    values = E4M3_VALUES.index_select(0, codes.view(torch.uint8).int())
+    table = E4M3_VALUES if codes.device.type == "cpu" else E4M3_VALUES.to(codes.device)
+    values = table.index_select(0, codes.view(torch.uint8).int())
     return (values.view(-1, block) * scale[:, None]).view(-1)
 
 

@@ -60,11 +60,14 @@ class Adam8(torch.optim.Optimizer):
 
     def _init_state(self, p: torch.Tensor) -> dict:
         n = -(-p.numel() // self.block) * self.block  # padded to whole blocks
-        zeros = lambda k: torch.zeros(k, dtype=torch.uint8)  # noqa: E731  (e4m3 0 is 0x00)
+        dev = p.device
+        zeros = lambda k: torch.zeros(k, dtype=torch.uint8, device=dev)  # noqa: E731  (e4m3 0: 0x00)
         # codes are kept as uint8: load_state_dict casts floating-point state to the
-        # parameter's dtype, which would undo the 8-bit storage
-        return {"step": torch.zeros(()), "m": zeros(n), "m_scale": torch.ones(n // self.block),
-                "r": zeros(n), "r_scale": torch.ones(n // self.block)}
+        # parameter's dtype, which would undo the 8-bit storage. "step" stays on the CPU, as
+        # torch's optimisers keep it.
+        ones = lambda k: torch.ones(k, device=dev)  # noqa: E731
+        return {"step": torch.zeros(()), "m": zeros(n), "m_scale": ones(n // self.block),
+                "r": zeros(n), "r_scale": ones(n // self.block)}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -76,8 +79,8 @@ class Adam8(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.device.type != "cpu" or not p.is_contiguous():
-                    raise ValueError("Adam8 steps contiguous CPU parameters only")
+                if not p.is_contiguous():
+                    raise ValueError("Adam8 steps contiguous parameters only")
                 state = self.state[p]
                 if not state:
                     state.update(self._init_state(p))
@@ -115,20 +118,21 @@ class Adam8(torch.optim.Optimizer):
                 noise = None
                 if self.stochastic:
                     at = int(torch.randint(0, self.chunk + 1, (), generator=self.generator))
-                    noise = self._noise_table()[at : at + len(x)]
+                    noise = self._noise_table(x.device)[at : at + len(x)]
                 q, scale = quantize_blocks(x, bs, noise)
                 state[key][codes] = q.view(torch.uint8)
                 state[f"{key}_scale"][blocks] = scale
 
-    def _noise_table(self) -> torch.Tensor:
+    def _noise_table(self, device: torch.device) -> torch.Tensor:
         """Drawing fresh noise costs more than the rest of the PyTorch update (13 ns a value
         here). Each chunk reads a window at a random offset of one table of 2 * chunk draws
         instead: a value sees independent noise from step to step unless two offsets coincide.
         The table comes from its own generator (seeded from the seed), so a resumed run makes
-        the same one; the C kernel hashes instead and never makes it (512 KB at the default chunk)."""
-        if self._noise is None:
+        the same one; the C kernel hashes instead and never makes it (512 KB at the default chunk).
+        Drawn on the CPU and copied to the parameters' device, so every device rounds alike."""
+        if self._noise is None or self._noise.device != device:
             g = torch.Generator().manual_seed(self._seed ^ 0x5EED)
-            self._noise = stochastic_noise(2 * self.chunk, g)
+            self._noise = stochastic_noise(2 * self.chunk, g).to(device)
         return self._noise
 
     def state_dict(self) -> dict:
@@ -148,7 +152,7 @@ class Adam8(torch.optim.Optimizer):
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(saved_ids, params):
-            if i in codes:
-                self.state[p].update(codes[i])
+            if i in codes:  # on the parameter's device, as torch puts the rest of the state
+                self.state[p].update({k: v.to(p.device) for k, v in codes[i].items()})
         if gen is not None:
             self.generator.set_state(gen)

@@ -123,7 +123,13 @@ FF_BEFORE_FIELD = {"peer_weight": 0.0, "predict_units": "all"}
 # TrainConfig fields a resumed run may change, since nothing trained depends on them. A run may
 # move to a machine with other cores: float32 sums may then round differently in the last bits;
 # int8 ones cannot.
-RESUME_MAY_CHANGE = ("epochs", "eval_every", "threads")
+RESUME_MAY_CHANGE = ("epochs", "eval_every", "threads", "device")
+
+
+def resume_may_change_flags() -> str:
+    """RESUME_MAY_CHANGE as the flags a message names: "--epochs, --eval-every, ... and --x"."""
+    flags = ["--" + name.replace("_", "-") for name in RESUME_MAY_CHANGE]
+    return ", ".join(flags[:-1]) + " and " + flags[-1]
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     eval_every: int = 1  # test accuracy after every N-th epoch, and always after the last
     threads: int | None = None
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (ffint8.devices)
     ff: FFConfig = FFConfig()
 
     def __post_init__(self) -> None:
@@ -176,6 +183,9 @@ class TrainConfig:
             raise ConfigError(f"--eval-every must be at least 1, got {self.eval_every}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        from ffint8.devices import check_device_name
+
+        check_device_name(self.device)
 
     def evaluates_after(self, epoch: int, last: int) -> bool:
         """Whether the test set is scored after 1-based epoch `epoch` of `last`."""

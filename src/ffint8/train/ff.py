@@ -202,7 +202,8 @@ def readout_gradients(readout: torch.nn.Linear, feats: torch.Tensor,
     logits = torch.addmm(readout.bias.detach(), feats, readout.weight.detach().t())
     p = torch.softmax(logits, dim=1)
     loss = torch.nn.functional.cross_entropy(logits, labels)
-    g = p.index_put_((torch.arange(len(labels)), labels), p[torch.arange(len(labels)), labels] - 1)
+    rows = torch.arange(len(labels), device=p.device)
+    g = p.index_put_((rows, labels), p[rows, labels] - 1)
     g = g.div_(len(labels))  # (B, C) dL/dlogits, the batch mean folded in
     readout.weight.grad = g.t() @ feats
     readout.bias.grad = g.sum(0)

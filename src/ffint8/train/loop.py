@@ -18,6 +18,7 @@ from ffint8.data import (
     sample_negative_labels,
     to_float_images,
 )
+from ffint8.devices import synchronize
 from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
@@ -70,8 +71,8 @@ def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> floa
     """Fraction of rows of x whose highest score under predict ((B, D) -> (B, C)) is y's label,
     scored batch_size rows at a time."""
     correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        correct += int((predict(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    for i in range(0, x.shape[0], batch_size):  # scores may come from a GPU; x and y stay here
+        correct += int((predict(x[i : i + batch_size]).argmax(1).cpu() == y[i : i + batch_size]).sum())
     return correct / x.shape[0]
 
 
@@ -119,6 +120,9 @@ class FFTrainer:
 
     def __post_init__(self) -> None:
         self.units = list(self.model.units)
+        # where the model is (--device): batches go there one at a time; the data, shuffling
+        # and negative labels stay on the CPU, so every device trains on the same batches
+        self.device = next(self.model.parameters()).device
         # dense units: closed-form gradients (train/ff.py); other units (convolutional blocks):
         # autograd unit by unit (train/ff_units.py)
         self.dense = all(isinstance(u, FFDense) for u in self.units)
@@ -173,7 +177,7 @@ class FFTrainer:
         embed_label(xb, yb, self.num_classes, out=x[:b])
         embed_label(xb, neg, self.num_classes, out=x[b:])
         t = torch.cat([torch.ones(b, dtype=xb.dtype), torch.zeros(b, dtype=xb.dtype)])
-        return x, t
+        return x.to(self.device), t.to(self.device)
 
     def train_epoch(self, x_train: torch.Tensor, y_train: torch.Tensor,
                     unit: int | None = None, progress: bool = False) -> tuple[float, float]:
@@ -188,7 +192,7 @@ class FFTrainer:
         steps = range(0, n, bs)
         bar = tqdm(steps, desc=f"epoch {self.epoch + 1}", unit="step", leave=False,
                    disable=not (progress and sys.stderr.isatty()))
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         phase = self.epoch % self.cfg.epochs  # greedy: each unit runs the schedule afresh
         start = time.perf_counter()
         for step, i in enumerate(bar):
@@ -197,15 +201,16 @@ class FFTrainer:
                 group["lr"] = lr
             idx = perm[i : i + bs]
             xb, yb = x_train[idx], y_train[idx]
-            neg, r_loss = None, torch.zeros(())
+            neg, r_loss = None, torch.zeros((), device=self.device)
             if ff.predict == "softmax":  # one neutral-label pass: readout update, its prediction
-                records = forward_records(self.units, embed_neutral(xb, self.num_classes), ff, None)
+                neutral = embed_neutral(xb, self.num_classes).to(self.device)
+                records = forward_records(self.units, neutral, ff, None)
                 feats = readout_features(records, self.model.readout_units, ff.norm)
-                r_loss, logits = readout_gradients(self.readout, feats, yb)
-                if ff.negatives == "hard":
-                    neg = hard_negative_labels(logits, yb, self.generator)
+                r_loss, logits = readout_gradients(self.readout, feats, yb.to(self.device))
+                if ff.negatives == "hard":  # drawn on the CPU, as uniform negatives are
+                    neg = hard_negative_labels(logits.cpu(), yb, self.generator)
             elif ff.negatives == "hard":  # goodness prediction: one forward per label
-                neg = hard_negative_labels(self.predict_scores(xb), yb, self.generator)
+                neg = hard_negative_labels(self.predict_scores(xb).cpu(), yb, self.generator)
             x, t = self._batch(xb, yb, neg)
             if not self.dense:
                 step_fn = ff_units.ff_gradients
@@ -236,6 +241,7 @@ class FFTrainer:
             total += losses.sum()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{losses.sum().item():.4f}")
+        synchronize(self.device)  # a GPU's queued work belongs to the epoch's time
         seconds = time.perf_counter() - start
         bar.close()
         # The last update must not leave a NaN for the checkpoint.
@@ -254,6 +260,7 @@ class FFTrainer:
     def goodness_per_unit(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Goodness prediction's parts: every unit's goodness for every label, (B, D) images ->
         [(B, C)] * units, from one forward of (C * B) rows with each label embedded in turn."""
+        x = x.to(self.device)
         b, c = x.shape[0], self.num_classes
         if self.dense:  # the first unit's product with the image is shared by all labels
             ys = outputs_each_label(self.units, x, c, self.cfg.ff)
@@ -261,7 +268,7 @@ class FFTrainer:
         else:  # label-major rows, CNN_EVAL_ROWS at a time (a score does not depend on its batch)
             chunks = []
             for i in range(0, c * b, CNN_EVAL_ROWS):
-                rows = torch.arange(i, min(i + CNN_EVAL_ROWS, c * b))
+                rows = torch.arange(i, min(i + CNN_EVAL_ROWS, c * b), device=x.device)
                 chunks.append(ff_units.goodness_per_unit(
                     self.units, embed_label(x[rows % b], rows // b, c), self.cfg.ff))
             gs = [torch.cat(unit_parts) for unit_parts in zip(*chunks)]
@@ -275,7 +282,8 @@ class FFTrainer:
         readout's logits from one neutral-label pass."""
         ff = self.cfg.ff
         if ff.predict == "softmax":
-            records = forward_records(self.units, embed_neutral(x, self.num_classes), ff, None)
+            neutral = embed_neutral(x.to(self.device), self.num_classes)
+            records = forward_records(self.units, neutral, ff, None)
             feats = readout_features(records, self.model.readout_units, ff.norm)
             return torch.addmm(self.readout.bias, feats, self.readout.weight.t())
         gs = self.goodness_per_unit(x)
@@ -308,7 +316,7 @@ class FFTrainer:
             gs = self.goodness_per_unit(to_float_images(xb) if xb.dtype == torch.uint8 else xb)
             for k, units in enumerate(("all", "skip-first")):
                 scores = sum(gs[u] for u in scored_units(len(gs), units))
-                hits[k] += int((scores.argmax(1) == y[rows]).sum())
+                hits[k] += int((scores.argmax(1).cpu() == y[rows]).sum())
         skip = hits[1] - hits[0] > SELECTION_MARGIN * idx.numel()
         self.predict_units = "skip-first" if skip else "all"
         return self.predict_units

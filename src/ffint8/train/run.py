@@ -16,6 +16,7 @@ import torch
 from ffint8 import __version__
 from ffint8.configfile import dump_resolved
 from ffint8.data import load_dataset, to_float_images
+from ffint8.devices import describe_device, resolve_device
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError, FFInt8Error
 from ffint8.fileio import atomic_path, write_text_atomic
 from ffint8.measure import RunMeasurement
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "ffint8-checkpoint"
 
 
-def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
+def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu") -> str:
     """Which arithmetic ran, in words for metrics.json: the GEMM kernel and the quantiser."""
     if cfg.ff.algo in ("ff-fp32", "bp-fp32"):
         return "float32"
@@ -39,7 +40,8 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
     if gemm == "float-exact":
         why = "no int8 dot-product unit on this CPU" if not cpu_has_int8_dot() else "requested"
         gemm = f"float-exact (exact int32 results from float32 GEMM; {why})"
-    quantiser = "fused C stochastic rounding" if fastsr.available() else "torch stochastic rounding"
+    fused = fastsr.available() and torch.device(device).type == "cpu"
+    quantiser = "fused C stochastic rounding" if fused else "torch stochastic rounding"
     if cfg.model != "mlp":  # the CNNs' convolutions pick their int8 kernel per op
         from ffint8.nn.conv import conv_kernel
         from ffint8.quant.conv import resolve_conv_kernel
@@ -49,6 +51,16 @@ def kernel_description(cfg: TrainConfig, device: str = "cpu") -> str:
                           for op in ("forward", "weight", "input"))
         return f"conv: {convs}; dense: {gemm}; {quantiser}"
     return f"{gemm}; {quantiser}"
+
+
+def check_device_kernel(cfg: TrainConfig, device: torch.device) -> None:
+    """A ConfigError where the int8 kernel asked for cannot run on the device: the CNNs'
+    float-exact convolutions run on the CPU only (a GPU's float convolutions need not be exact)."""
+    int8 = cfg.ff.algo not in ("ff-fp32", "bp-fp32")
+    if int8 and device.type != "cpu" and cfg.model != "mlp" and cfg.ff.int8_kernel == "float-exact":
+        raise ConfigError(f"--int8-kernel float-exact: {cfg.model}'s convolutions take it on the "
+                          f"CPU only, not on --device {cfg.device}; use auto (im2col there), "
+                          "int_mm or reference")
 
 
 def build_model(cfg: TrainConfig, in_features: int, num_classes: int) -> torch.nn.Module:
@@ -146,9 +158,10 @@ def load_training_checkpoint(path: str | Path) -> tuple[TrainConfig, dict]:
 def resume_config(run_dir: str | Path, epochs: int | None = None,
                   log: Callable[[str], None] = print,
                   check: Callable[[TrainConfig], None] | None = None,
-                  eval_every: int | None = None, threads: int | None = None) -> TrainConfig:
+                  eval_every: int | None = None, threads: int | None = None,
+                  device: str | None = None) -> TrainConfig:
     """The config a run directory was started with, with the fields a resumed run may change
-    (RESUME_MAY_CHANGE: epochs, eval_every, threads) replaced where given (not None); where a
+    (RESUME_MAY_CHANGE: epochs, eval_every, threads, device) replaced where given (not None); where a
     longer --epochs stretches the learning-rate schedule, log says so. check, if given, sees the
     run's own config first and may raise."""
     path = Path(run_dir) / "checkpoint.pt"
@@ -161,7 +174,7 @@ def resume_config(run_dir: str | Path, epochs: int | None = None,
         log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
             f"learning-rate schedule now spans {epochs} epochs, so the result differs from a "
             f"run started with --epochs {epochs}")
-    given = {"epochs": epochs, "eval_every": eval_every, "threads": threads}
+    given = {"epochs": epochs, "eval_every": eval_every, "threads": threads, "device": device}
     changes = {k: v for k, v in given.items() if v is not None}
     return TrainConfig.from_dict({**cfg.to_dict(), **changes}) if changes else cfg
 
@@ -195,6 +208,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     it, so a stopped run ends with the same weights and metrics as one that never stopped.
     parallel: this process's rank in data-parallel training; only rank 0 writes files and logs."""
     lead = parallel is None or parallel.rank == 0
+    device = resolve_device(cfg.device)  # before anything is written: a bad --device loses nothing
+    check_device_kernel(cfg, device)
     if not lead:
         log = lambda _: None  # noqa: E731
     out = Path(out_dir)
@@ -208,7 +223,9 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, seed=cfg.seed)
     x_train, x_test = to_float_images(data.train.images), to_float_images(data.test.images)
     in_features = x_train.shape[1]
-    model = build_model(cfg, in_features, data.num_classes)
+    # built on the CPU (the same initial weights on every device), then moved; the data stay in
+    # host memory and the trainer moves a batch at a time
+    model = build_model(cfg, in_features, data.num_classes).to(device)
     trainer = make_trainer(model, cfg, data.num_classes, parallel)
     ckpt = out / "checkpoint.pt"
     if resume:
@@ -229,10 +246,11 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         parallel.setup(trainer)
         log(f"data-parallel: {parallel.world_size} ranks ({parallel.backend}), batch {cfg.batch_size} "
             f"per rank, effective batch {cfg.batch_size * parallel.world_size}")
-    kernel = kernel_description(cfg)
+    kernel = kernel_description(cfg, device)
     method = "backprop" if cfg.ff.backprop else f"look-ahead {cfg.ff.look_ahead}"
+    on = "" if device.type == "cpu" else f" on {describe_device(device)}"
     log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "
-        f"test, {method}, kernel {kernel}")
+        f"test, {method}, kernel {kernel}{on}")
 
     writer = open_tensorboard(out) if tensorboard and lead else None
 
@@ -288,7 +306,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         "test_accuracy": trainer.history[-1].test_accuracy,
         "train_seconds": sum(e.seconds for e in trainer.history),
         "wall_seconds": time.time() - started,
-        "kernel": kernel, "config": cfg.to_dict(),
+        "kernel": kernel, "device": describe_device(device), "config": cfg.to_dict(),
         "environment": {"ffint8": __version__, "torch": torch.__version__,
                         "python": platform.python_version(), "machine": platform.machine(),
                         "threads": torch.get_num_threads()},
@@ -306,10 +324,13 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
 
 def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
                         dataset: str | None = None, limit_test: int | None = None,
-                        predict_units: str | None = None) -> dict:
+                        predict_units: str | None = None, device: str = "cpu") -> dict:
     """Test accuracy of a saved model on its data set (or another of the same input size);
-    predict_units overrides the units an FF goodness prediction sums."""
+    predict_units overrides the units an FF goodness prediction sums; device: where to compute
+    (a --device name)."""
+    where = resolve_device(device)
     model, cfg, blob = load_checkpoint(path)
+    model.to(where)
     if predict_units is not None:
         if cfg.ff.backprop or cfg.ff.predict != "goodness":
             raise ConfigError(f"--predict-units: {path} predicts with "
