@@ -22,6 +22,7 @@ import torch
 
 from ffint8.bp import BP_ALGOS, BPConfig, BPTrainer
 from ffint8.data import load_dataset, to_float_images
+from ffint8.devices import flush_denormals
 from ffint8.models import create_model
 from ffint8.quant import fastsr
 from ffint8.quant.gemm import resolve_kernel
@@ -47,6 +48,7 @@ def main() -> None:
     for a in algos:
         if a not in BP_ALGOS:
             p.error(f"unknown algorithm {a!r}; choose from {', '.join(BP_ALGOS)}")
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     torch.set_num_threads(args.threads)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     data = load_dataset(args.dataset, args.data_dir, args.limit_train, seed=args.seed)

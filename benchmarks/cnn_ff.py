@@ -29,11 +29,12 @@ def speed(args: argparse.Namespace) -> None:
     import torch
 
     from ffint8.data import load_dataset, to_float_images
-    from ffint8.devices import describe_device, resolve_device
+    from ffint8.devices import describe_device, flush_denormals, resolve_device
     from ffint8.train.config import FFConfig, TrainConfig
     from ffint8.train.loop import FFTrainer
     from ffint8.train.run import build_model
 
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = load_dataset("fashion-mnist", args.data_dir, limit_train=args.limit_train, limit_test=1)

@@ -203,9 +203,11 @@ def speed(args: argparse.Namespace) -> None:
 
     from ffint8.cli import config_from_args, parse_args
     from ffint8.data import load_dataset, to_float_images
+    from ffint8.devices import flush_denormals
     from ffint8.train.loop import FFTrainer
     from ffint8.train.run import build_model
 
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist", limit_train=args.limit_train, limit_test=1)
     x, y = to_float_images(data.train.images), data.train.labels

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ffint8.data import load_dataset, to_float_images
+from ffint8.devices import flush_denormals
 from ffint8.models import create_model
 from ffint8.train.config import FFConfig, TrainConfig, preset_config
 from ffint8.train.loop import FFTrainer
@@ -65,6 +66,7 @@ def accuracy(args: argparse.Namespace) -> None:
 
 
 def speed(args: argparse.Namespace) -> None:
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     data = load_dataset("fashion-mnist", limit_train=args.limit_train, limit_test=1)
     x, y = to_float_images(data.train.images), data.train.labels
     torch.set_num_threads(args.threads)
@@ -92,6 +94,7 @@ def gemm(args: argparse.Namespace) -> None:
     """Each int8 kernel against the float32 GEMM on the MLP's shapes, alternating, same threads."""
     from ffint8.quant.gemm import cpu_has_int8_dot, int8_mm
 
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     torch.set_num_threads(args.threads)
     print(f"CPU int8 dot-product unit: {cpu_has_int8_dot()}; torch CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; {args.threads} threads")
@@ -126,6 +129,7 @@ def predict(args: argparse.Namespace) -> None:
     from ffint8.nn import functional as FF
     from ffint8.train.ff import forward_records
 
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     data = load_dataset("fashion-mnist", limit_train=1, limit_test=args.limit_test)
     x = to_float_images(data.test.images)
     torch.set_num_threads(args.threads)

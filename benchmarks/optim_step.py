@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from ffint8.devices import flush_denormals
 from ffint8.quant import fastsr
 from ffint8.train.adam8 import Adam8
 
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    flush_denormals()  # as ffint8 train does: denormals slow some CPUs many times
     torch.set_num_threads(args.threads)
     hidden = [int(h) for h in args.hidden.split(",")]
     names = [n for n in OPTIMISERS if n != "adam8 (C kernel)" or fastsr.available()]

@@ -201,3 +201,48 @@ def test_float_exact_convolutions_are_refused_off_the_cpu():
     check_device_kernel(TrainConfig(model="resnet18", device="cuda",
                                     ff=FFConfig(algo="ff-fp32", int8_kernel="float-exact")),
                         torch.device("cuda"))
+
+
+# ---------------------------------------------------------------------------------------------
+# denormals
+
+
+@pytest.fixture
+def denormals_restored():
+    yield
+    torch.set_flush_denormal(False)  # the suite's other tests see the default arithmetic
+
+
+def test_flush_denormals_flushes_on_this_thread(denormals_restored):
+    from ffint8.devices import flush_denormals
+
+    flush_denormals(False)
+    tiny = torch.tensor([1e-39])  # a float32 denormal (made while they are kept)
+    assert float(tiny * 1.0) > 0
+    flush_denormals(True)
+    if not torch.set_flush_denormal(True):  # a CPU without FTZ/DAZ (not x86 SSE3)
+        pytest.skip("this CPU cannot flush denormals")
+    assert float(tiny * 1.0) == 0.0
+    flush_denormals(False)
+    assert float(tiny * 1.0) > 0
+
+
+def test_the_default_flushes_and_old_runs_keep_what_they_did():
+    assert TrainConfig().flush_denormals is True
+    saved = TrainConfig().to_dict()
+    assert TrainConfig.from_saved(saved).flush_denormals is True
+    del saved["flush_denormals"]  # a config written before the field existed
+    assert TrainConfig.from_saved(saved).flush_denormals is False
+
+
+@pytest.mark.parametrize("flags,expected", [([], True), (["--no-flush-denormals"], False),
+                                            (["--flush-denormals"], True)])
+def test_train_sets_the_flag_first(tmp_path, monkeypatch, denormals_restored, flags, expected):
+    calls = []
+    real = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: calls.append(on) or real(on))
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", *flags, "--out", str(out)]) == 0
+    assert calls[0] is expected
+    assert f"flush_denormals: {str(expected).lower()}" in (out / "config.yaml").read_text()
+    assert json.loads((out / "metrics.json").read_text())["config"]["flush_denormals"] is expected

@@ -121,6 +121,10 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    g.add_argument("--flush-denormals", action=argparse.BooleanOptionalAction,
+                   default=d.flush_denormals,
+                   help="flush float32 denormals to zero on the CPU (default on: values below "
+                        "2^-126, which training makes, slow some CPUs down many times)")
     g.add_argument("--device", default=d.device,
                    help=f"where to compute: {DEVICE_FORMS} (auto: the GPU where one is usable; "
                         "default %(default)s)")
@@ -201,6 +205,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        lr_schedule=a.lr_schedule,
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
                        limit_test=a.limit_test, threads=a.threads, device=a.device,
+                       flush_denormals=a.flush_denormals,
                        eval_every=a.eval_every, ff=ff)
 
 

@@ -22,6 +22,7 @@ from ffint8.data import load_dataset, to_float_images
 from ffint8.dist.ddp import DataParallel, init_process_group, shutdown
 from ffint8.dist.pipeline import DEPTH, DistLink, Stage, batches, check_pipeline
 from ffint8.errors import ConfigError
+from ffint8.devices import flush_denormals
 from ffint8.train.config import TrainConfig
 from ffint8.train.loop import EpochLog, FFTrainer
 from ffint8.train.run import (
@@ -67,6 +68,7 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
     """This rank's part of a layer-pipelined run (the process group is up)."""
     lead = rank == 0
     out = Path(out_dir)
+    flush_denormals(cfg.flush_denormals)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ffint8 import __version__
 from ffint8.data import Dataset, load_dataset, to_float_images
+from ffint8.devices import flush_denormals
 from ffint8.fleet.config import FleetConfig
 from ffint8.fleet.partition import class_counts, partition_indices
 from ffint8.train.loop import FFTrainer
@@ -54,6 +55,7 @@ def train_round(cfg: FleetConfig, state: dict, partition_id: int, n_parts: int,
     """One client's round: global weights in, (its weights, {num-examples, train-loss}) out."""
     x, y = client_shard(cfg, partition_id, n_parts)
     train = cfg.client_config(partition_id, server_round)
+    flush_denormals(train.flush_denormals)
     if train.threads:
         torch.set_num_threads(train.threads)
     model = build_model(train, x.shape[1], load_data(cfg).num_classes)

@@ -119,6 +119,7 @@ class FFConfig:
 # Fields whose default has changed since they were added: a saved run's config written before a
 # field existed gets the value that reproduces what that run did, not today's default.
 FF_BEFORE_FIELD = {"peer_weight": 0.0, "predict_units": "all"}
+TRAIN_BEFORE_FIELD = {"flush_denormals": False}
 
 # TrainConfig fields a resumed run may change, since nothing trained depends on them. A run may
 # move to a machine with other cores: float32 sums may then round differently in the last bits;
@@ -155,6 +156,9 @@ class TrainConfig:
     eval_every: int = 1  # test accuracy after every N-th epoch, and always after the last
     threads: int | None = None
     device: str = "cpu"  # cpu, cuda, cuda:N or auto (ffint8.devices)
+    # flush float32 denormals to zero on the CPU (ffint8.devices.flush_denormals): trained weights
+    # and gradients drift into the denormal range, where some CPUs slow down 3-100x
+    flush_denormals: bool = True
     ff: FFConfig = FFConfig()
 
     def __post_init__(self) -> None:
@@ -208,7 +212,8 @@ class TrainConfig:
     def from_saved(cls, d: dict) -> TrainConfig:
         """The config a saved run (checkpoint, model.pt) was written with: fields it predates take
         the values that reproduce that run (FF_BEFORE_FIELD), not today's defaults."""
-        return cls.from_dict({**d, "ff": {**FF_BEFORE_FIELD, **d.get("ff", {})}})
+        return cls.from_dict({**TRAIN_BEFORE_FIELD, **d,
+                              "ff": {**FF_BEFORE_FIELD, **d.get("ff", {})}})
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

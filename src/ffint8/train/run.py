@@ -16,7 +16,7 @@ import torch
 from ffint8 import __version__
 from ffint8.configfile import dump_resolved
 from ffint8.data import load_dataset, to_float_images
-from ffint8.devices import describe_device, resolve_device
+from ffint8.devices import describe_device, flush_denormals, resolve_device
 from ffint8.errors import CheckpointError, ConfigError, DivergenceError, FFInt8Error
 from ffint8.fileio import atomic_path, write_text_atomic
 from ffint8.measure import RunMeasurement
@@ -208,6 +208,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
     it, so a stopped run ends with the same weights and metrics as one that never stopped.
     parallel: this process's rank in data-parallel training; only rank 0 writes files and logs."""
     lead = parallel is None or parallel.rank == 0
+    flush_denormals(cfg.flush_denormals)  # before torch starts its threads: they inherit it
     device = resolve_device(cfg.device)  # before anything is written: a bad --device loses nothing
     check_device_kernel(cfg, device)
     if not lead:
@@ -330,6 +331,7 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
     (a --device name)."""
     where = resolve_device(device)
     model, cfg, blob = load_checkpoint(path)
+    flush_denormals(cfg.flush_denormals)  # score with the arithmetic the run trained with
     model.to(where)
     if predict_units is not None:
         if cfg.ff.backprop or cfg.ff.predict != "goodness":
