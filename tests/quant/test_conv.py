@@ -285,3 +285,40 @@ def test_cpu_only_kernels_refuse_cuda_operands(kernel):
     x, w, _, spec = operands(CASES[0], 0)
     with pytest.raises(ValueError, match="runs on the CPU only"):
         int8_conv2d(x.cuda(), w.cuda(), spec, kernel)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[8] == 1])  # one group
+def test_weight_grad_taps_bit_exact(case, layout):
+    # the weight gradient as kh*kw GEMMs over flat padded buffers, a stride as one stride-1
+    # problem per phase (what the oneDNN kernel runs where torch._int_mm has an int8 dot-product
+    # unit): strides 1 and 2, every padding and kernel size
+    from ffint8.quant.conv import _taps_weight
+
+    x, w, gz, spec = operands(case, 11)
+    if layout == "channels_last":
+        x, gz = (t.contiguous(memory_format=torch.channels_last) for t in (x, gz))
+    _, gw, _ = ref_all(x, w, gz, spec)
+    got = _taps_weight(x, gz, w.shape, spec)
+    assert got.dtype == torch.int32 and got.is_contiguous()
+    assert torch.equal(got.double(), gw)
+
+
+@pytest.mark.parametrize("has_dot", [True, False])
+def test_onednn_weight_grad_takes_taps_only_with_int8_dot(monkeypatch, has_dot):
+    import ffint8.quant.conv as conv
+
+    calls = []
+    real = conv._taps_weight
+    monkeypatch.setattr(conv, "cpu_has_int8_dot", lambda: has_dot)
+    monkeypatch.setattr(conv, "_taps_weight", lambda *a: calls.append(1) or real(*a))
+    for case in (CASES[0], CASES[1]):  # one group; two groups (oneDNN's convolution)
+        x, w, gz, spec = operands(case, 2, signed=False)
+        _, gw, _ = ref_all(x, w, gz, spec)
+        if not onednn_available():
+            pytest.skip("oneDNN int8 conv not available")
+        assert torch.equal(int8_conv2d_weight(x, gz, w.shape, spec, "onednn").double(), gw)
+        scaled = int8_conv2d_weight_scaled(x, torch.tensor(0.5), gz, torch.tensor(0.25),
+                                           w.shape, spec, "onednn")
+        torch.testing.assert_close(scaled.double(), gw * 0.125, rtol=1e-6, atol=0)
+    assert len(calls) == (2 if has_dot else 0)  # the ungrouped case, exact and scaled

@@ -17,6 +17,8 @@ Kernels (all exact; they differ in speed and where they run):
   with zero point 128 where a probe shows full-range u8 is exact: VNNI, AMX). The weight
   gradient is a convolution too (channels and batch swapped, one stride-1 call per phase of a
   strided input), or im2col and oneDNN's int8 GEMM where the patch matrix is small (1x1, stem);
+  on CPUs with an int8 dot-product unit, where torch._int_mm (oneDNN's int8 matmul) is fast, an
+  ungrouped one runs as kh*kw GEMMs over flat padded buffers instead (_taps_weight);
   the input gradient a stride-1 convolution of the zero-interleaved g with the flipped,
   transposed weight. The weight is packed on every call: it changes every training step.
   A strided 1x1 forward runs at stride 1 on a strided copy of the input: oneDNN's own strided
@@ -325,6 +327,64 @@ def _weight_act(x: torch.Tensor, groups: int) -> torch.Tensor:
     return act.reshape(c // groups, groups * n, h, w)
 
 
+def _taps_fit(spec: ConvSpec) -> bool:
+    """Whether the oneDNN kernel's weight gradient runs as _taps_weight's GEMMs: one group, on a
+    CPU whose int8 dot-product unit (VNNI, AMX) makes torch._int_mm fast. There
+    oneDNN's int8 convolution with g as a whole-image kernel gained little over float32 (1.17x
+    summed over ResNet-18's shapes on a Xeon with AMX), the GEMMs 1.7-5x."""
+    return spec.groups == 1 and cpu_has_int8_dot()
+
+
+def _taps_weight(x: torch.Tensor, g: torch.Tensor, w_shape: tuple[int, ...],
+                 spec: ConvSpec) -> torch.Tensor:
+    """The weight gradient of an ungrouped convolution as kh*kw int8 GEMMs, exact: (O, C, kh, kw),
+    int32 (int64 past MAX_EXACT_K terms). A stride s is s*s stride-1 problems, one per phase of
+    the input, as in _onednn_weight: phase (fh, fw) holds the taps a = fh + s*a'."""
+    o, c, kh, kw = w_shape
+    (sh, sw), (ph, pw) = spec.stride, spec.padding
+    if (sh, sw) == (1, 1):
+        return _taps_weight_s1(x, g, w_shape, spec.padding)
+    # rows / columns past the last window are cut (negative padding), as in _onednn_weight
+    rh, rw = (x.shape[2] + 2 * ph - kh) % sh, (x.shape[3] + 2 * pw - kw) % sw
+    xp = F.pad(x, (pw, pw - rw, ph, ph - rh))
+    out = None
+    for fh in range(min(sh, kh)):
+        for fw in range(min(sw, kw)):
+            kh_f, kw_f = -(-(kh - fh) // sh), -(-(kw - fw) // sw)  # the phase's taps
+            xf = xp[:, :, fh::sh, fw::sw][:, :, : g.shape[2] + kh_f - 1, : g.shape[3] + kw_f - 1]
+            z = _taps_weight_s1(xf, g, (o, c, kh_f, kw_f), (0, 0))
+            if out is None:
+                out = z.new_empty(w_shape)
+            out[:, :, fh::sh, fw::sw] = z
+    return out
+
+
+def _taps_weight_s1(x: torch.Tensor, g: torch.Tensor, w_shape: tuple[int, ...],
+                    padding: tuple[int, int]) -> torch.Tensor:
+    """_taps_weight at stride 1.
+
+    x is laid out as a zero-padded (N*Hp*Wp, C) byte matrix (NHWC) and g as an (N*Hp*Wp, O) one,
+    zero outside its Ho x Wo corner of each padded image. Tap (a, b) then pairs g's row r with
+    x's row r + a*Wp + b, so gw[:, :, a, b] = g^T @ (x's rows from a*Wp + b on): a contiguous
+    slice of one buffer, no patch matrix. Rows of g that are zero absorb the rows that wrap
+    around an image's edge.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = w_shape
+    ph, pw = padding
+    ho, wo = g.shape[2:]
+    hp, wp = h + 2 * ph, w + 2 * pw
+    m = n * hp * wp
+    xp = x.new_zeros(m + (kh - 1) * wp + kw - 1, c)  # room for the last tap's slice
+    xp[:m].view(n, hp, wp, c)[:, ph : ph + h, pw : pw + w] = x.permute(0, 2, 3, 1)
+    gp = g.new_zeros(m, o)
+    gp.view(n, hp, wp, o)[:, :ho, :wo] = g.permute(0, 2, 3, 1)
+    gt = gp.t()
+    taps = [int8_mm(gt, xp[a * wp + b : a * wp + b + m]) for a in range(kh) for b in range(kw)]
+    out = torch.stack(taps, dim=1).view(o, kh, kw, c)  # (O, kh*kw, C) -> (O, kh, kw, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def _onednn_weight(x, g, w_shape, spec, dtype=None, x_scale=1.0, g_scales=None):
     """Channels and batch swapped: act (Cg, G*N, H, W), weight g (O, N, Ho, Wo).
 
@@ -449,6 +509,8 @@ def _weight_int(x, g, w_shape, spec, kernel):
         else:
             gw = torch.stack([int8_mm(gg[i].contiguous(), cols[i]) for i in range(spec.groups)])
         return gw.reshape(w_shape)
+    if kernel == "onednn" and _taps_fit(spec):
+        return _taps_weight(x, g, w_shape, spec).to(dtype)
     if wo > FLOAT_EXACT_K:
         raise ValueError(f"output width {wo} > {FLOAT_EXACT_K}: too wide for kernel {kernel!r}")
     xp = _pad(x, spec)  # chunks cut rows, so padding is applied once up front
@@ -621,9 +683,11 @@ def int8_conv2d_weight_scaled(
     xs = _scale_vec(x_scale, 1, "x_scale", allow_vector=False)
     gs = _scale_vec(g_scale, o, "g_scale").expand(o).contiguous()  # (O,)
     k = _kernel(kernel, x.device, "weight")
-    if k == "onednn":
+    if k == "onednn" and _taps_fit(spec):
+        z = _taps_weight(x, g, w_shape, spec).float()  # exact below 2^24; scaled as below
+    elif k == "onednn":
         return _onednn_weight(x, g, w_shape, spec, None, float(xs), gs)
-    if k == "float-exact" and g[:, 0].numel() <= FLOAT_EXACT_K:
+    elif k == "float-exact" and g[:, 0].numel() <= FLOAT_EXACT_K:
         z = _float_weight(x, g, w_shape, spec)
     else:
         z = int8_conv2d_weight(x, g, w_shape, spec, k).float()
