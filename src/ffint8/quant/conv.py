@@ -20,7 +20,7 @@ Kernels (all exact; they differ in speed and where they run):
   on CPUs with an int8 dot-product unit, where torch._int_mm (oneDNN's int8 matmul) is fast, an
   ungrouped one runs as kh*kw GEMMs over flat padded buffers instead (_taps_weight);
   the input gradient a stride-1 convolution of the zero-interleaved g with the flipped,
-  transposed weight. The weight is packed on every call: it changes every training step.
+  transposed weight (at stride 1 oneDNN pads g itself, with no copy of it). The weight is packed on every call: it changes every training step.
   A strided 1x1 forward runs at stride 1 on a strided copy of the input: oneDNN's own strided
   1x1 kernel returned wrong sums with two threads (8 and 24 input channels, torch 2.13, AVX2).
   Results come back as float32, exact below 2^24, so the exact form splits reductions into
@@ -233,9 +233,9 @@ def _u7_terms(t: torch.Tensor) -> list[tuple[int, torch.Tensor, int]]:
     """(coefficient, u8 tensor, zero point) terms with t = sum coef * (u8 - zp), all u8 <= 127."""
     if _min(t) >= 0:
         return [(1, t.view(torch.uint8), 0)]
+    if onednn_u8_exact():  # t + 128 as u8: flipping the sign bit, one pass
+        return [(1, t.view(torch.uint8).bitwise_xor(0x80), 128)]
     u = t.to(torch.int16) + 128
-    if onednn_u8_exact():
-        return [(1, u.to(torch.uint8), 128)]
     # [0, 255] is too wide for vpmaddubsw: split into 7 bits and 1 bit
     return [(2, (u >> 1).to(torch.uint8), 64), (1, (u & 1).to(torch.uint8), 0)]
 
@@ -436,8 +436,12 @@ def _onednn_weight(x, g, w_shape, spec, dtype=None, x_scale=1.0, g_scales=None):
 
 def _onednn_input(g, w, x_shape, spec, dtype=None, g_scale=1.0, w_scales=None):
     kh, kw = w.shape[2:]
-    d = _dilate_for_input_grad(g, tuple(x_shape[2:]), kh, kw, spec)
     wt = _flip_transpose(w, spec.groups)
+    (ph, pw) = spec.padding
+    if spec.stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1:  # oneDNN pads g: no copy of it
+        conv = ((1, 1), (kh - 1 - ph, kw - 1 - pw), (1, 1), spec.groups)
+        return _onednn(g, wt, conv, g_scale, w_scales, dtype)
+    d = _dilate_for_input_grad(g, tuple(x_shape[2:]), kh, kw, spec)
     return _onednn(d, wt, ((1, 1), (0, 0), (1, 1), spec.groups), g_scale, w_scales, dtype)
 
 
