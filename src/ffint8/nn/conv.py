@@ -78,6 +78,23 @@ def quantize_activation(x: torch.Tensor, seed: int | None) -> QTensor:
     return quantize(x, rounding, seed=seed)
 
 
+def _engine_needs(ctx, i: int) -> bool:
+    """Whether the backward pass now running uses the gradient of the Function's input i.
+
+    needs_input_grad only says the input requires grad. A chain step's weight pass,
+    torch.autograd.grad(y, unit parameters), reaches a unit's entry convolution whose input
+    requires grad (for the signal pass that follows) but reads no gradient of it: the engine
+    knows it will not run the node that gradient feeds. True where it cannot tell (a leaf
+    input under torch.autograd.grad, which the engine does not answer for)."""
+    node = ctx.next_functions[i][0]
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):
+        return True
+
+
 class Int8Conv2d(torch.autograd.Function):
     """z = conv2d(x, weight) + bias with int8 operands and int32 accumulation, forward and back.
 
@@ -109,7 +126,7 @@ class Int8Conv2d(torch.autograd.Function):
         spec, kernel = ctx.spec, ctx.kernel
         g_q = quantize_activation(grad_z.float(), None if ctx.seed is None else grad_seed(ctx.seed))
         g_x = g_w = g_b = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and _engine_needs(ctx, 0):
             if ctx.weight_channel:
                 w_t = quantize(weight.detach(), "nearest")
                 w_q, w_scale = w_t.q, w_t.scale
