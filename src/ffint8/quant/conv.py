@@ -20,7 +20,8 @@ Kernels (all exact; they differ in speed and where they run):
   on CPUs with an int8 dot-product unit, where torch._int_mm (oneDNN's int8 matmul) is fast, an
   ungrouped one runs as kh*kw GEMMs over flat padded buffers instead (_taps_weight);
   the input gradient a stride-1 convolution of the zero-interleaved g with the flipped,
-  transposed weight (at stride 1 oneDNN pads g itself, with no copy of it). The weight is packed on every call: it changes every training step.
+  transposed weight (at stride 1 oneDNN pads g itself, with no copy of it). The weight is
+  packed on every call: it changes every training step.
   A strided 1x1 forward runs at stride 1 on a strided copy of the input: oneDNN's own strided
   1x1 kernel returned wrong sums with two threads (8 and 24 input channels, torch 2.13, AVX2).
   Results come back as float32, exact below 2^24, so the exact form splits reductions into
