@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from ffint8.errors import ConfigError
 from ffint8.measure.convshapes import conv_layers, shape_model
-from ffint8.measure.convunit import ConvUnit, entry_input_grads
+from ffint8.measure.convunit import ConvUnit
 from ffint8.measure.counts import (  # noqa: F401  (re-exported: the counts' public names)
     ALL_ALGOS,
     BP_ALGOS,
@@ -172,8 +172,8 @@ def ff_step_ops(units: Sequence[Layer], batch_size: int, int8: bool, look_ahead:
         ops += c.weight_grad(u, m, int8)
         if not chain or l == 0:
             continue
-        if conv and int8:  # the unit's input requires grad: Int8Conv2d forms the entry g_x too
-            ops += entry_input_grads(u, m, int8)
+        # (the weight pass forms no entry g_x although the unit's input requires grad:
+        # Int8Conv2d skips a gradient the running backward will not use)
         ops += fp32(mul=mask * passed * out, add=merges * out)  # (s * mask,) merged signals
         back = c.input_grad(u, m, int8) + fp32(mul=3 * u.in_elems(m), add=2 * u.in_elems(m))
         ops += back * live  # to the input, then the norm's backward (3 mul, 2 add per input)
