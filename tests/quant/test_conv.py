@@ -287,9 +287,23 @@ def test_cpu_only_kernels_refuse_cuda_operands(kernel):
         int8_conv2d(x.cuda(), w.cuda(), spec, kernel)
 
 
+@pytest.fixture
+def poisoned_empty():
+    """torch.empty filled with garbage (NaN, the integer maximum): a buffer whose padding is not
+    zeroed gives wrong sums instead of passing by luck on fresh, zeroed pages."""
+    import torch.utils.deterministic as det
+
+    was, fill = torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    det.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(was)
+    det.fill_uninitialized_memory = fill
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[8] == 1])  # one group
-def test_weight_grad_taps_bit_exact(case, layout):
+def test_weight_grad_taps_bit_exact(case, layout, poisoned_empty):
     # the weight gradient as kh*kw GEMMs over flat padded buffers, a stride as one stride-1
     # problem per phase (what the oneDNN kernel runs where torch._int_mm has an int8 dot-product
     # unit): strides 1 and 2, every padding and kernel size
