@@ -700,7 +700,7 @@ def int8_conv2d_weight_scaled(
     gs = _scale_vec(g_scale, o, "g_scale").expand(o).contiguous()  # (O,)
     k = _kernel(kernel, x.device, "weight")
     if k == "onednn" and _taps_fit(spec):
-        z = _taps_weight(x, g, w_shape, spec).float()  # exact below 2^24; scaled as below
+        z = _taps_weight(x, g, w_shape, spec).float()  # one rounding to float32, then scaled
     elif k == "onednn":
         return _onednn_weight(x, g, w_shape, spec, None, float(xs), gs)
     elif k == "float-exact" and g[:, 0].numel() <= FLOAT_EXACT_K:
