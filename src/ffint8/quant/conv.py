@@ -336,23 +336,37 @@ def _taps_fit(spec: ConvSpec) -> bool:
     return spec.groups == 1 and cpu_has_int8_dot()
 
 
+def _pad_for_phases(x: torch.Tensor, kh: int, kw: int, spec: ConvSpec) -> torch.Tensor:
+    """x padded for a strided weight gradient: rows / columns past the last window are cut
+    (negative padding), so the padded input has exactly s * (Ho - 1) + k rows."""
+    (sh, sw), (ph, pw) = spec.stride, spec.padding
+    rh, rw = (x.shape[2] + 2 * ph - kh) % sh, (x.shape[3] + 2 * pw - kw) % sw
+    return F.pad(x, (pw, pw - rw, ph, ph - rh))
+
+
+def _phase(xp: torch.Tensor, fh: int, fw: int, kh: int, kw: int, stride: tuple[int, int],
+           out_hw: tuple[int, int]) -> torch.Tensor:
+    """Phase (fh, fw) of a _pad_for_phases input (a view): the rows and columns that the taps
+    a = fh + s*a' read, Ho + (kh - fh - 1) // s of them (and likewise for columns)."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    return xp[:, :, fh::sh, fw::sw][:, :, : ho + (kh - fh - 1) // sh, : wo + (kw - fw - 1) // sw]
+
+
 def _taps_weight(x: torch.Tensor, g: torch.Tensor, w_shape: tuple[int, ...],
                  spec: ConvSpec) -> torch.Tensor:
     """The weight gradient of an ungrouped convolution as kh*kw int8 GEMMs, exact: (O, C, kh, kw),
     int32 (int64 past MAX_EXACT_K terms). A stride s is s*s stride-1 problems, one per phase of
     the input, as in _onednn_weight: phase (fh, fw) holds the taps a = fh + s*a'."""
     o, c, kh, kw = w_shape
-    (sh, sw), (ph, pw) = spec.stride, spec.padding
+    sh, sw = spec.stride
     if (sh, sw) == (1, 1):
         return _taps_weight_s1(x, g, w_shape, spec.padding)
-    # rows / columns past the last window are cut (negative padding), as in _onednn_weight
-    rh, rw = (x.shape[2] + 2 * ph - kh) % sh, (x.shape[3] + 2 * pw - kw) % sw
-    xp = F.pad(x, (pw, pw - rw, ph, ph - rh))
+    xp = _pad_for_phases(x, kh, kw, spec)
     out = None
     for fh in range(min(sh, kh)):
         for fw in range(min(sw, kw)):
             kh_f, kw_f = -(-(kh - fh) // sh), -(-(kw - fw) // sw)  # the phase's taps
-            xf = xp[:, :, fh::sh, fw::sw][:, :, : g.shape[2] + kh_f - 1, : g.shape[3] + kw_f - 1]
+            xf = _phase(xp, fh, fw, kh, kw, spec.stride, tuple(g.shape[2:]))
             z = _taps_weight_s1(xf, g, (o, c, kh_f, kw_f), (0, 0))
             if out is None:
                 out = z.new_empty(w_shape)
@@ -405,18 +419,15 @@ def _onednn_weight(x, g, w_shape, spec, dtype=None, x_scale=1.0, g_scales=None):
     the patch matrix is small, im2col and an int8 GEMM instead.
     """
     kh, kw = w_shape[2:]
-    (sh, sw), (ph, pw) = spec.stride, spec.padding
+    sh, sw = spec.stride
     g = _swap01(g)  # (O, N, Ho, Wo): the "weight"
     if (sh, sw) != (1, 1):
-        # Rows / columns past the last window are cut (negative padding), so the padded input
-        # has exactly s * (Ho - 1) + k rows. The phases are taken before batch and channels are
-        # swapped: in x's channels_last memory a phase moves whole channel vectors.
-        rh, rw = (x.shape[2] + 2 * ph - kh) % sh, (x.shape[3] + 2 * pw - kw) % sw
-        x = F.pad(x, (pw, pw - rw, ph, ph - rh))
+        # The phases are taken before batch and channels are swapped: in x's channels_last
+        # memory a phase moves whole channel vectors.
+        x = _pad_for_phases(x, kh, kw, spec)
 
     def phase(fh: int, fw: int) -> torch.Tensor:
-        xf = x[:, :, fh::sh, fw::sw][:, :, : g.shape[2] + (kh - fh - 1) // sh,
-                                     : g.shape[3] + (kw - fw - 1) // sw]
+        xf = _phase(x, fh, fw, kh, kw, spec.stride, tuple(g.shape[2:]))
         return xf.contiguous(memory_format=torch.channels_last)
 
     if spec.groups == 1 and w_shape[1] * kh * kw <= w_shape[0]:
