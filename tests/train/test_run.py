@@ -1,6 +1,7 @@
 """Run directories: per-epoch CSV, divergence keeps the last good checkpoint, SIGKILL mid-epoch."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +112,18 @@ def test_kernel_description_names_what_ran():
     cnn = kernel_description(TrainConfig(model="resnet18", ff=FFConfig(int8_kernel="reference")))
     # the convolutions' kernel per op, then the dense head's GEMM
     assert cnn.startswith("conv: forward reference, weight reference, input reference; dense: reference")
+
+
+def test_metrics_say_when_weights_step_from_int8_factors(tmp_path, one_torch_thread):
+    run_training(small_cfg(epochs=1), tmp_path / "int8", progress=False, log=lambda s: None)
+    run_training(small_cfg(epochs=1, ff=FFConfig(algo="ff-fp32")), tmp_path / "fp32",
+                 progress=False, log=lambda s: None)
+    kernels = [json.loads((tmp_path / d / "metrics.json").read_text())["kernel"]
+               for d in ("int8", "fp32")]
+    from ffint8.quant import fastsr
+
+    assert ("int8 gradient factors" in kernels[0]) == fastsr.available()
+    assert "factors" not in kernels[1]
 
 
 def test_resume_with_another_config_is_refused_and_writes_nothing(tmp_path, one_torch_thread):

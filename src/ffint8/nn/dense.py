@@ -15,7 +15,7 @@ from torch import nn
 
 from ffint8.data.labels import embed_label
 from ffint8.nn import functional as FF
-from ffint8.quant import QTensor, int8_mm, int8_mm_scaled, quantize
+from ffint8.quant import QTensor, fastsr, int8_mm, int8_mm_scaled, quantize
 from ffint8.quant.gemm import FLOAT_EXACT_K
 
 
@@ -42,6 +42,27 @@ class FFDense(nn.Module):
         bound = 1.0 / math.sqrt(in_features)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
+        # cache_int8_weight's copy: ((data pointer, version) of the weight it was made from, it)
+        self._w_q_cache: tuple[tuple[int, int], QTensor] | None = None
+
+    def _weight_key(self) -> tuple[int, int]:
+        return self.weight.data_ptr(), self.weight._version
+
+    def int8_weight(self, weight_channel: bool = False) -> QTensor:
+        """The weight rounded to nearest in int8, one scale per tensor (or per output unit): the
+        copy cache_int8_weight made, if the weight has not changed since (any in-place change,
+        a load_state_dict or an optimiser step, moves its version on), else made now."""
+        cached = self._w_q_cache
+        if not weight_channel and cached is not None and cached[0] == self._weight_key():
+            return cached[1]
+        return quantize(self.weight.detach(), "nearest", channel_dim=0 if weight_channel else None)
+
+    def cache_int8_weight(self, amax: float) -> None:
+        """Quantise the weight per tensor now, given its max|W| (FactoredAdam.step_factored
+        returns it), and keep the copy for the next forwards: one pass over the weight instead
+        of quantize's two."""
+        fused = fastsr.quantize_nearest_with_absmax(self.weight.detach(), amax)
+        self._w_q_cache = None if fused is None else (self._weight_key(), QTensor(*fused))
 
     @property
     def in_features(self) -> int:
@@ -77,7 +98,7 @@ class FFDense(nn.Module):
             a_q = quantize(a, "stochastic", seed=seed)
         else:  # inference: one scale per row, so a sample's score does not depend on its batch
             a_q = quantize(a, "nearest", channel_dim=0)
-        w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
+        w_q = self.int8_weight(weight_channel)
         w_scale = w_q.scale.reshape(1, -1) if weight_channel else w_q.scale
         z = int8_mm_scaled(a_q.q, a_q.scale, w_q.q.t(), w_scale, kernel)  # (B, N) float32
         y = z.add_(b).relu_()
@@ -117,7 +138,7 @@ class FFDense(nn.Module):
             q = a_q.q
             hot = q[:, :1].to(torch.int32)
             q[:, :c] = 0
-            w_q = quantize(w, "nearest", channel_dim=0 if weight_channel else None)
+            w_q = self.int8_weight(weight_channel)
             acc = int8_mm(q, w_q.q.t(), kernel)  # (B, N) exact
             cols = w_q.q[:, :c].t().unsqueeze(1)
             if x.shape[1] <= FLOAT_EXACT_K:  # every sum of D products is an exact float32

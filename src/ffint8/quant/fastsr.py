@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -92,6 +93,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ffq_adam8.restype = None
     lib.ffq_adam8.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
+    lib.ffq_adam_i32.restype = ctypes.c_float
+    lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
     lib.ffq_transpose_u8.restype = None
     lib.ffq_transpose_u8.argtypes = [ptr, ptr, i64, i64, i64]
     return lib
@@ -127,8 +130,21 @@ def quantize_per_tensor(
     lib = _usable(x)
     if lib is None:
         return None
+    amax = lib.ffq_absmax(x.data_ptr(), x.numel()) if x.numel() else 0.0
+    return _quantize_with_absmax(lib, x, amax, seed)
+
+
+def quantize_nearest_with_absmax(x: torch.Tensor, amax: float
+                                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """quantize_per_tensor(x, None) for an x whose max|x| (as ffq_absmax gives it: NaN for a
+    NaN or Inf) the caller already has, as adam_int32 returns it: one pass instead of two."""
+    lib = _usable(x)
+    return None if lib is None else _quantize_with_absmax(lib, x, amax, None)
+
+
+def _quantize_with_absmax(lib: ctypes.CDLL, x: torch.Tensor, amax: float,
+                          seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     n = x.numel()
-    amax = lib.ffq_absmax(x.data_ptr(), n) if n else 0.0
     if amax == 0:
         scale = 1.0
     else:  # NaN stays NaN; the floor keeps 1 / scale finite in float32 (as absmax_scale does)
@@ -200,3 +216,26 @@ def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table:
                   block, table.data_ptr(), 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd,
                   int(keys is not None), *k)
     return True
+
+
+def adam_int32(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, acc: torch.Tensor,
+               g_scale: float, lr: float, b1: float, b2: float, step: float, eps: float,
+               wd: float, decoupled: bool, amax: float = 0.0) -> float | None:
+    """One torch.optim.Adam step (decoupled: AdamW's weight decay) of the float32 parameters p
+    with moments m, v and gradient acc * g_scale, acc an int32 accumulator of p's size, in one
+    pass (csrc/fastquant.c, ffq_adam_i32). step: the step count after this step. Returns
+    max(amax, max|p| after the step), NaN once a value is NaN or Inf; None (nothing done) where
+    the C kernel is unavailable or a tensor does not fit."""
+    lib = _usable(p)
+    if (lib is None or _usable(m) is None or _usable(v) is None or acc.dtype != torch.int32
+            or acc.device.type != "cpu" or not acc.is_contiguous()
+            or not p.numel() == m.numel() == v.numel() == acc.numel()):
+        return None
+    # the constants as PyTorch's fused kernel forms them: in double, then rounded to float32
+    step_size = lr / (1 - b1**step)
+    root_c2 = math.sqrt(1 - b2**step)
+    l2 = 0.0 if decoupled else wd
+    decay = 1 - lr * wd if decoupled and wd != 0 else 1.0
+    return lib.ffq_adam_i32(p.data_ptr(), m.data_ptr(), v.data_ptr(), acc.data_ptr(), p.numel(),
+                            g_scale, 1 - b1, b2, 1 - b2, -step_size, root_c2, eps, l2, decay,
+                            amax)

@@ -109,14 +109,27 @@ def _check_operands(a: torch.Tensor, b: torch.Tensor) -> None:
         raise ValueError(f"int8_mm shapes do not chain: {tuple(a.shape)} @ {tuple(b.shape)}")
 
 
-def int8_mm(a: torch.Tensor, b: torch.Tensor, kernel: Kernel = "auto") -> torch.Tensor:
+def int8_mm(a: torch.Tensor, b: torch.Tensor, kernel: Kernel = "auto",
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """Exact a @ b for int8 a (M, K) and b (K, N).
 
     Returns (M, N) int32, or int64 when K > MAX_EXACT_K (split so no int32 sum can overflow).
+    out: a contiguous int32 (M, N) tensor to hold the result (K <= MAX_EXACT_K), returned; the
+    CPU's int_mm writes into it directly, the other kernels copy their result there.
     """
     _check_operands(a, b)
-    impl = _IMPL[resolve_kernel(kernel, a.device)]
+    name = resolve_kernel(kernel, a.device)
+    impl = _IMPL[name]
     k = a.shape[1]
+    if out is not None:
+        if (out.dtype != torch.int32 or tuple(out.shape) != (a.shape[0], b.shape[1])
+                or not out.is_contiguous() or out.device != a.device or k > MAX_EXACT_K):
+            raise ValueError(f"int8_mm: out must be a contiguous int32 {a.shape[0]} x "
+                             f"{b.shape[1]} tensor on {a.device} (and K <= {MAX_EXACT_K}), got "
+                             f"{out.dtype} {tuple(out.shape)}")
+        if name == "int_mm" and a.device.type == "cpu":
+            return torch._int_mm(_row_major(a), _row_major(b), out=out)
+        return out.copy_(impl(a, b))
     if k <= MAX_EXACT_K:
         return impl(a, b)
     out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int64, device=a.device)

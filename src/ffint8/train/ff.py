@@ -18,7 +18,7 @@ import torch
 
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import DenseRecord, FFDense
-from ffint8.quant import int8_mm_scaled, quantize
+from ffint8.quant import QTensor, int8_mm_scaled, quantize
 from ffint8.quant.fastsr import mix64
 from ffint8.train.config import FFConfig
 
@@ -60,14 +60,21 @@ def outputs_each_label(
     return [first] + [r.y for r in forward_records(units[1:], first, cfg, seeds=None)]
 
 
+def _weight_grad_factors(g_z: torch.Tensor, rec: DenseRecord,
+                         seeds: SeedStream) -> tuple[QTensor, QTensor]:
+    """The INT8 path's g_W = g_q^T a_q as its two int8 factors: g_z stochastically rounded, and
+    the unit's quantised input."""
+    return quantize(g_z, "stochastic", seed=seeds.next()), rec.a_q
+
+
 def _weight_grad(
     g_z: torch.Tensor, rec: DenseRecord, cfg: FFConfig, seeds: SeedStream
 ) -> torch.Tensor:
     """g_W = g_z^T a: (N, B) @ (B, D) -> (N, D); int8 x int8 on the INT8 path."""
     if not cfg.int8:
         return g_z.t() @ rec.a
-    g_q = quantize(g_z, "stochastic", seed=seeds.next())
-    return int8_mm_scaled(g_q.q.t(), g_q.scale, rec.a_q.q, rec.a_q.scale, cfg.int8_kernel)
+    g_q, a_q = _weight_grad_factors(g_z, rec, seeds)
+    return int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, cfg.int8_kernel)
 
 
 def _input_grad(
@@ -94,13 +101,14 @@ def ff_gradients(
     seeds: SeedStream,
     on_unit: Callable[[int], None] | None = None,
     batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    factors: dict[int, tuple[QTensor, QTensor]] | None = None,
 ) -> torch.Tensor:
     """Forward x (B, D) with targets t (B,) once, set .grad of every unit's parameters, and
-    return each unit's loss as its objective defines it: (L,), detached. on_unit, batch_mean:
-    see gradients_from_records."""
+    return each unit's loss as its objective defines it: (L,), detached. on_unit, batch_mean,
+    factors: see gradients_from_records."""
     records = forward_records(units, x, cfg, seeds)
     return gradients_from_records(units, records, t, cfg, lam, seeds, on_unit=on_unit,
-                                  batch_mean=batch_mean)
+                                  batch_mean=batch_mean, factors=factors)
 
 
 def gradients_from_records(
@@ -113,6 +121,7 @@ def gradients_from_records(
     others: torch.Tensor | None = None,
     on_unit: Callable[[int], None] | None = None,
     batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    factors: dict[int, tuple[QTensor, QTensor]] | None = None,
 ) -> torch.Tensor:
     """ff_gradients after its forward pass. others: (B,) goodness summed over units that are not
     in `units` (a layer-pipelined stage's view of the rest of the network), added to collab's sum
@@ -120,7 +129,10 @@ def gradients_from_records(
     final and nothing below needs its weight parameter or gradient: a per-unit update may step
     and free them there, so only one unit's gradients are alive at a time. batch_mean: (B, N)
     -> (N,) means over the batch for peer normalisation (default: these rows'; data-parallel
-    ranks pass the global batch's)."""
+    ranks pass the global batch's). factors: on the INT8 path, unit l's weight gradient is not
+    formed; its two int8 factors (train/factored.py) go to factors[l] and the weight's .grad is
+    None, for an optimiser that steps from them (FactoredAdam.step_factored, in on_unit). The
+    stochastic rounding draws the same numbers either way."""
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
@@ -157,7 +169,11 @@ def gradients_from_records(
         if chain and signals:
             from_later = torch.stack(list(signals.values())).sum(0) * mask
             g_z = g_z + lam * from_later
-        unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
+        if factors is not None and cfg.int8:
+            factors[l] = _weight_grad_factors(g_z, rec, seeds)
+            unit.weight.grad = None
+        else:
+            unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
         unit.bias.grad = g_z.sum(0)
         # On the INT8 path the signal passes down through the forward's int8 copy of the weight
         # (rec.w_q), so unit l may step first and free its gradient before the input gradient's

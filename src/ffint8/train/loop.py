@@ -22,8 +22,10 @@ from ffint8.devices import synchronize
 from ffint8.errors import ConfigError, DivergenceError
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
+from ffint8.quant import QTensor, fastsr
 from ffint8.train import ff_units
 from ffint8.train.config import TrainConfig, scored_units
+from ffint8.train.factored import FactoredAdam
 from ffint8.train.ff import (
     SeedStream,
     ff_gradients,
@@ -130,7 +132,18 @@ class FFTrainer:
         if self.cfg.ff.predict == "softmax" and self.readout is None:
             raise ConfigError(f"--predict softmax needs a model built with a readout; "
                               f"{self.cfg.model!r} was built without one")
-        self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
+        # FF-INT8 dense units with Adam: each weight steps from the int8 factors of its gradient
+        # (train/factored.py); biases, readout and every other case step as usual.
+        self.factored = (self.dense and self.cfg.ff.int8 and self.parallel is None
+                         and self.cfg.optimizer in ("adam", "adamw")
+                         and self.device.type == "cpu" and fastsr.available())
+        if self.factored:
+            self.optimizer = FactoredAdam(self.model.parameters(), lr=self.cfg.lr,
+                                          weight_decay=self.cfg.weight_decay,
+                                          decoupled=self.cfg.optimizer == "adamw",
+                                          kernel=self.cfg.ff.int8_kernel)
+        else:
+            self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
         # Units step one at a time, as soon as their gradients are final, so only one unit's
         # gradients are alive (the same update: the optimisers here are elementwise).
         # Data-parallel training averages all gradients first, so it steps them together.
@@ -219,8 +232,11 @@ class FFTrainer:
             else:
                 step_fn = ff_gradients
             if self.per_unit_update:
-                losses = step_fn(units, x, t, ff, lam, self.seeds,
-                                 on_unit=lambda l: self._step_unit(l, unit))
+                on_unit, extra = partial(self._step_unit, trained=unit), {}
+                if self.factored:  # unit l's weight gradient as int8 factors, stepped in on_unit
+                    extra["factors"] = {}
+                    on_unit = partial(on_unit, factors=extra["factors"])
+                losses = step_fn(units, x, t, ff, lam, self.seeds, on_unit=on_unit, **extra)
             else:
                 losses = step_fn(units, x, t, ff, lam, self.seeds)
             if self.parallel is not None:  # the global batch's gradients and losses, all ranks
@@ -248,11 +264,19 @@ class FFTrainer:
         check_finite([list(u.parameters()) for u in units], self.epoch, len(steps), "unit")
         return total.item() / len(steps), seconds
 
-    def _step_unit(self, l: int, trained: int | None) -> None:
+    def _step_unit(self, l: int, trained: int | None,
+                   factors: dict[int, tuple[QTensor, QTensor]] | None = None) -> None:
         """Per-unit update: step unit l (and the softmax readout, whose gradient is set before
         the units'), then free the gradients. trained: the greedy schedule's unit; those below
-        it are frozen, so their gradients are dropped unused."""
+        it are frozen, so their gradients are dropped unused. factors: unit l's weight gradient
+        as int8 factors (FactoredAdam), where its .grad is None."""
+        pending = factors.pop(l, None) if factors else None
         if trained is None or l == trained:
+            if pending is not None:
+                unit = self.units[l]
+                amax = self.optimizer.step_factored(unit.weight, *pending)
+                if amax is not None and not self.cfg.ff.weight_channel:
+                    unit.cache_int8_weight(amax)  # the next forward's int8 weight, made now
             self.optimizer.step()  # steps the parameters that have a .grad: unit l's (+ readout)
         self.optimizer.zero_grad(set_to_none=True)
 

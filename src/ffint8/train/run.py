@@ -248,6 +248,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         log(f"data-parallel: {parallel.world_size} ranks ({parallel.backend}), batch {cfg.batch_size} "
             f"per rank, effective batch {cfg.batch_size * parallel.world_size}")
     kernel = kernel_description(cfg, device)
+    if getattr(trainer, "factored", False):
+        kernel += "; dense weights step from their int8 gradient factors (fused C Adam)"
     method = "backprop" if cfg.ff.backprop else f"look-ahead {cfg.ff.look_ahead}"
     on = "" if device.type == "cpu" else f" on {describe_device(device)}"
     log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "

@@ -179,6 +179,50 @@ void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *r
     }
 }
 
+/* One Adam step of n float32 parameters p from an int32 accumulator: the gradient is
+ * acc[i] * g_scale, an int8 GEMM's exact result times its two scales (ffint8.train.factored),
+ * so no float32 gradient tensor is written or read. m, v: Adam's two moments, float32, as
+ * torch.optim.Adam keeps them. w1 = 1 - b1, w2 = 1 - b2; wd: the L2 term (grad + p * wd), 0
+ * for none; decay: AdamW's factor 1 - lr * wd (1 for Adam); neg_step = -lr / (1 - b1^t);
+ * root_c2 = sqrt(1 - b2^t).
+ *
+ * The operations are those of PyTorch's fused CPU Adam for float32 (FusedAdamKernel.cpp, as
+ * gcc builds it for x86: the L2 term, the lerp and the second moment each one fused
+ * multiply-add), in the
+ * same order, so the moments come out bit-equal to it. The parameters match to the last bit
+ * but for about 1 in 3000 values, one unit in the last place apart: PyTorch's vector square
+ * root is not always correctly rounded, sqrtf is (tested within that bound).
+ * Returns max(amax_in, max|p| after the step) as ffq_absmax does (NaN once any p is NaN or
+ * Inf), so that the caller can quantise the new weight without another pass to find it. */
+float ffq_adam_i32(float *restrict p, float *restrict m, float *restrict v,
+                   const int32_t *restrict acc, int64_t n, float g_scale, float w1, float b2,
+                   float w2, float neg_step, float root_c2, float eps, float wd, float decay,
+                   float amax_in) {
+    uint32_t top;
+    memcpy(&top, &amax_in, sizeof top);
+    top &= 0x7fffffffu;
+    for (int64_t i = 0; i < n; i++) {
+        float pi = p[i];
+        float g = (float)acc[i] * g_scale;
+        if (wd != 0.0f) g = fmaf(pi, wd, g);       /* grad += p * wd */
+        if (decay != 1.0f) pi = pi * decay;
+        float mi = fmaf(w1, g - m[i], m[i]);      /* m.lerp_(g, w1), w1 < 0.5 */
+        float vi = fmaf(w2 * g, g, v[i] * b2);     /* v * b2 + w2 * g * g */
+        pi = pi + neg_step * mi / (sqrtf(vi) / root_c2 + eps);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi;
+        uint32_t bits;
+        memcpy(&bits, &pi, sizeof bits);
+        bits &= 0x7fffffffu;
+        top = bits > top ? bits : top;
+    }
+    if (top >= 0x7f800000u) return NAN;
+    float out;
+    memcpy(&out, &top, sizeof out);
+    return out;
+}
+
 /* dst (batch, cols, rows) = src (batch, rows, cols) transposed, for 1-byte elements; both
  * row-major. PyTorch's strided copy moves one byte per step (3-5 ms for 2 M bytes here); this
  * works in 16x16 tiles that stay in L1 and moves whole 8x8 blocks through 64-bit words, so loads

@@ -1,0 +1,115 @@
+"""Adam that steps an FF-INT8 dense weight from the int8 factors of its gradient.
+
+On the INT8 path a dense unit's weight gradient is g_W = (s_g G)^T (s_a A): G the stochastically
+rounded dL/dz (2B, N) and A the unit's quantised input (2B, D), both int8 with one scale each.
+Formed as a tensor, that is an (N, D) int32 accumulator, a float32 copy of it, a scaling pass,
+then Adam reading the float32 gradient: four passes over N * D values that do not fit in the
+cache, where the GEMM itself is small (K = 2B). At FF's batch sizes those passes, not the
+arithmetic, set the step time (issue 5, docs/results.md).
+
+FactoredAdam is torch.optim.Adam (fused, so its state and checkpoints are Adam's own) with one
+more method, step_factored: it forms the accumulator a block of rows at a time (an exact int8
+GEMM of G's columns against A; BLOCK_BYTES bounds a block) and applies Adam to those rows
+from the int32 values (csrc/fastquant.c, ffq_adam_i32), so no float32 gradient is ever
+written. It returns max|W| after the step, which lets the unit quantise its next forward's weight
+in one pass (FFDense.cache_int8_weight). The update is torch.optim.Adam(fused=True)'s, operation
+for operation; the moments come out bit-equal, the weights too but for about 1 value in 3000,
+one unit in the last place apart (PyTorch's vector square root is not always correctly rounded;
+see ffq_adam_i32)
+
+Where the C kernel is not built, or a tensor does not fit, step_factored forms the gradient in
+.grad as the plain path does, for step() to apply: the same update either way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ffint8.quant import QTensor, fastsr, int8_mm, int8_mm_scaled
+from ffint8.quant.gemm import MAX_EXACT_K, Kernel
+
+# Rows of the weight per block: the block's int32 accumulator is at most this many bytes. Small
+# blocks would stay in the cache between the GEMM and the update, but on a CPU with AMX every
+# switch between the tile unit and the vector code costs more than the cache saves: on the Xeon
+# of session 11, 1000 x 1000 in blocks of 128 rows took 2.2 ms, in one block 1.4 ms. So a block
+# is as large as this bound allows, which only caps the accumulator's memory.
+BLOCK_BYTES = 1 << 22
+
+
+def block_rows(in_features: int) -> int:
+    """Rows of an (N, in_features) weight updated per block."""
+    return max(1, BLOCK_BYTES // (4 * max(in_features, 1)))
+
+
+class FactoredAdam(torch.optim.Adam):
+    """torch.optim.Adam (fused; decoupled: AdamW's weight decay) with step_factored."""
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *,
+                 decoupled: bool = False, kernel: Kernel = "auto") -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True,
+                         decoupled_weight_decay=decoupled)
+        self.kernel = kernel
+        self._acc: torch.Tensor | None = None  # the accumulator's memory, kept from step to step
+
+    def _accumulator(self, rows: int, cols: int) -> torch.Tensor:
+        """An int32 (rows, cols) tensor in memory reused by every call. Written afresh each
+        step, a multi-megabyte accumulator costs more than its GEMM: on the Xeon of session 11
+        the 1000 x 64 x 1000 product took 0.9-1.8 ms into new memory, 0.35-0.75 ms into reused
+        memory that is still in the cache."""
+        n = rows * cols
+        if self._acc is None or self._acc.numel() < n:
+            self._acc = torch.empty(n, dtype=torch.int32)
+        return self._acc[:n].view(rows, cols)
+
+    def _group_of(self, p: torch.Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise ValueError("step_factored: the parameter is not in this optimiser")
+
+    def _fits(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor, group: dict) -> bool:
+        return (fastsr.available() and p.device.type == "cpu" and p.dtype == torch.float32
+                and p.dim() == 2 and p.is_contiguous() and g_q.scale.dim() == 0
+                and a_q.scale.dim() == 0 and g_q.q.shape[0] <= MAX_EXACT_K
+                and not group["amsgrad"] and not group["maximize"])
+
+    @torch.no_grad()
+    def step_factored(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor) -> float | None:
+        """One Adam step of the (N, D) weight p whose gradient is g_q^T a_q: g_q (K, N), a_q
+        (K, D), int8 with 0-d scales. Returns max|p| after the step (NaN if a value is not
+        finite), or None where it set p.grad instead, for step() to apply."""
+        group = self._group_of(p)
+        if not self._fits(p, g_q, a_q, group):
+            p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
+            return None
+        state = self.state[p]
+        if state and not all(state[k].is_contiguous() and state[k].dtype == torch.float32
+                             for k in ("exp_avg", "exp_avg_sq")):
+            p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
+            return None
+        if not state:  # as torch.optim.Adam initialises a fused parameter's state
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        t = float(state["step"])
+        b1, b2 = (float(b) for b in group["betas"])
+        # the gradient's scale exactly as the plain path multiplies it: one float32 product
+        g_scale = float(g_q.scale * a_q.scale)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        g_cols, a = g_q.q.t(), a_q.q  # (N, K) view, (K, D)
+        cols = p.shape[1]
+        rows = block_rows(cols)
+        amax = 0.0
+        for r0 in range(0, p.shape[0], rows):
+            r1 = min(r0 + rows, p.shape[0])
+            acc = int8_mm(g_cols[r0:r1], a, self.kernel, out=self._accumulator(r1 - r0, cols))
+            amax = fastsr.adam_int32(p[r0:r1], m[r0:r1], v[r0:r1], acc, g_scale,
+                                     float(group["lr"]), b1, b2, t, float(group["eps"]),
+                                     float(group["weight_decay"]),
+                                     bool(group.get("decoupled_weight_decay", False)), amax)
+            if amax is None:  # _fits and the state's layout rule this out
+                raise RuntimeError("step_factored: the fused Adam kernel refused its operands")
+        # the kernel wrote through a pointer: tell autograd (and FFDense's weight cache)
+        torch.autograd.graph.increment_version(p)
+        return amax
