@@ -408,3 +408,26 @@ def test_int8_mm_cuda_padding_exact(mkn):
     out = int8_mm(a.cuda(), b.cuda(), "auto")
     assert out.shape == (m, n)
     assert torch.equal(out.cpu().long(), ref_mm(a, b))
+
+
+@pytest.mark.parametrize("kernel", ["int_mm", "float-exact", "reference", "auto"])
+def test_out_holds_the_product(kernel):
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randint(-128, 128, (40, 64), dtype=torch.int8, generator=gen)
+    b = torch.randint(-128, 128, (64, 24), dtype=torch.int8, generator=gen)
+    buf = torch.full((2000,), 7, dtype=torch.int32)
+    out = buf[: 40 * 24].view(40, 24)
+    got = int8_mm(a.t().contiguous().t(), b, kernel, out=out)  # a transposed view, as g^T is
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(out, a.long().mm(b.long()).int())
+    assert torch.equal(buf[40 * 24:], torch.full((2000 - 960,), 7, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("bad", [torch.empty(40, 24, dtype=torch.int64),
+                                 torch.empty(24, 40, dtype=torch.int32),
+                                 torch.empty(24, 40, dtype=torch.int32).t()])
+def test_out_of_the_wrong_kind_is_refused(bad):
+    a = torch.zeros(40, 8, dtype=torch.int8)
+    b = torch.zeros(8, 24, dtype=torch.int8)
+    with pytest.raises(ValueError, match="out must be a contiguous int32 40 x 24"):
+        int8_mm(a, b, out=bad)
