@@ -246,3 +246,20 @@ def test_train_sets_the_flag_first(tmp_path, monkeypatch, denormals_restored, fl
     assert calls[0] is expected
     assert f"flush_denormals: {str(expected).lower()}" in (out / "config.yaml").read_text()
     assert json.loads((out / "metrics.json").read_text())["config"]["flush_denormals"] is expected
+
+
+def test_eval_sets_the_flag_before_building_the_model(tmp_path, monkeypatch, denormals_restored):
+    """Worker threads take the setting only when they start: eval sets it before the model's
+    construction can start them (as train does)."""
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    from ffint8.train import run
+
+    order = []
+    real_flag, real_build = torch.set_flush_denormal, run.build_model
+    monkeypatch.setattr(torch, "set_flush_denormal",
+                        lambda on: order.append(("flush", on)) or real_flag(on))
+    monkeypatch.setattr(run, "build_model",
+                        lambda *a, **k: order.append(("build",)) or real_build(*a, **k))
+    run.evaluate_checkpoint(out / "model.pt")
+    assert order[:2] == [("flush", True), ("build",)]

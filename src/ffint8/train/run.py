@@ -110,6 +110,13 @@ def save_checkpoint(path: Path, cfg: TrainConfig, num_classes: int, in_features:
 
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
     """Rebuild the model of a checkpoint; clear CheckpointErrors for missing or foreign files."""
+    cfg, blob = read_checkpoint(path)
+    return checkpoint_model(path, cfg, blob), cfg, blob
+
+
+def read_checkpoint(path: str | Path) -> tuple[TrainConfig, dict]:
+    """A checkpoint's config and contents, before any model is built (load_checkpoint's first
+    half): clear CheckpointErrors for missing or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -119,7 +126,11 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an ffint8 checkpoint")
-    cfg = TrainConfig.from_saved(blob["config"])
+    return TrainConfig.from_saved(blob["config"]), blob
+
+
+def checkpoint_model(path: str | Path, cfg: TrainConfig, blob: dict) -> torch.nn.Module:
+    """The model of a checkpoint read by read_checkpoint, its weights loaded."""
     model = build_model(cfg, blob["in_features"], blob["num_classes"])
     state = blob["state_dict"] if "state_dict" in blob else blob["trainer"]["model"]
     try:
@@ -127,7 +138,7 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, TrainConfig, dic
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit model {cfg.model!r}: {first}") from None
-    return model, cfg, blob
+    return model
 
 
 def prediction_config(cfg: TrainConfig, blob: dict) -> TrainConfig:
@@ -332,8 +343,11 @@ def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
     predict_units overrides the units an FF goodness prediction sums; device: where to compute
     (a --device name)."""
     where = resolve_device(device)
-    model, cfg, blob = load_checkpoint(path)
-    flush_denormals(cfg.flush_denormals)  # score with the arithmetic the run trained with
+    cfg, blob = read_checkpoint(path)
+    # score with the arithmetic the run trained with; before any torch work builds the model,
+    # since worker threads take the setting only when they start (train does the same)
+    flush_denormals(cfg.flush_denormals)
+    model = checkpoint_model(path, cfg, blob)
     model.to(where)
     if predict_units is not None:
         if cfg.ff.backprop or cfg.ff.predict != "goodness":
