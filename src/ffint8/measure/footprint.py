@@ -4,7 +4,8 @@ Bytes of parameters (float32 master copy), gradients, optimiser state (Adam: 2 f
 parameter; SGD with momentum: 1; adam8: 2 bytes and a float32 scale per 256) and what each
 algorithm keeps between its forward pass and its update, read off the code. Gradients are float32
 for every parameter at once for backprop; FF steps each unit as soon as its gradients are final
-(ffint8.train.loop's per-unit update), so the largest unit's only.
+(ffint8.train.loop's per-unit update), so the largest unit's only. (FF-INT8 with Adam forms a
+dense weight's gradient only as an int32 accumulator, ffint8.train.factored: 4 bytes a value too.)
 
 - ff-int8 / ff-fp32 (ffint8.train.ff, nn.dense): all units' DenseRecords live until the last
   unit is updated. Per unit, for 2B rows: its input normalised (int8 on the INT8 path, float32

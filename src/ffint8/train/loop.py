@@ -119,6 +119,7 @@ class FFTrainer:
     epoch: int = 0
     history: list[EpochLog] = field(default_factory=list)
     parallel: DataParallel | None = None  # data-parallel: this rank's rows, gradient averaging
+    factored_adam: bool = True  # False: always form float32 weight gradients (for comparisons)
 
     def __post_init__(self) -> None:
         self.units = list(self.model.units)
@@ -134,7 +135,8 @@ class FFTrainer:
                               f"{self.cfg.model!r} was built without one")
         # FF-INT8 dense units with Adam: each weight steps from the int8 factors of its gradient
         # (train/factored.py); biases, readout and every other case step as usual.
-        self.factored = (self.dense and self.cfg.ff.int8 and self.parallel is None
+        self.factored = (self.factored_adam and self.dense and self.cfg.ff.int8
+                         and self.parallel is None
                          and self.cfg.optimizer in ("adam", "adamw")
                          and self.device.type == "cpu" and fastsr.available())
         if self.factored:
