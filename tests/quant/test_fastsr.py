@@ -289,6 +289,26 @@ def test_compile_without_compiler(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+def test_compiler_refusing_the_wide_vectors_flag_gets_the_plain_flags(tmp_path, monkeypatch):
+    """On x86 the build tries 512-bit vectors first; a compiler that refuses the flag still
+    builds the library, with the plain flags."""
+    cc = shutil.which("cc")
+    log = tmp_path / "calls"
+    fake = tmp_path / "fakecc"
+    fake.write_text("#!/bin/sh\n"
+                    f'echo "$*" >> "{log}"\n'
+                    'case "$*" in *-mprefer-vector-width*) exit 1;; esac\n'
+                    f'exec "{cc}" "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    out = tmp_path / "ffint8" / "x.so"
+    assert fastsr._compile(out) is True and out.is_file()
+    calls = log.read_text().splitlines()
+    assert len(calls) == len(fastsr._flag_sets())
+    assert "-mprefer-vector-width" not in calls[-1] and "-march=native" in calls[-1]
+    assert list(out.parent.iterdir()) == [out]
+
+
 def test_compile_failure_leaves_nothing(tmp_path, monkeypatch):
     false = shutil.which("false")
     if false is None:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ffint8.errors import CheckpointError, DivergenceError
 from ffint8.train.config import FFConfig, TrainConfig
@@ -86,22 +87,26 @@ def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_nan_weight_after_last_step_is_caught_before_the_checkpoint(tmp_path, monkeypatch):
-    original = torch.optim.Adam.step
+def test_nan_weight_after_last_step_is_caught_before_the_checkpoint(tmp_path):
     calls = []
 
-    def poisoned_step(self, *a, **kw):
-        out = original(self, *a, **kw)
+    def poison(opt, args, kwargs):
         calls.append(1)
         # 300 samples / 32 = 10 steps, each stepping the two units in turn (the per-unit
         # update): only the last update goes bad
         if len(calls) == 10 * 2:
-            self.param_groups[0]["params"][2].data[0, 0] = float("inf")  # unit 2's weight
-        return out
+            opt.param_groups[0]["params"][2].data[0, 0] = float("inf")  # unit 2's weight
 
-    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
-    with pytest.raises(DivergenceError, match="epoch 1, step 10: the weights of unit 2 are no longer"):
-        run_training(small_cfg(epochs=1), tmp_path, progress=False, log=lambda s: None)
+    # a global hook, not a patched Adam.step: torch binds an optimiser class's step when its
+    # first instance is made, so a subclass (FactoredAdam) made earlier would not see a patch
+    handle = register_optimizer_step_post_hook(poison)
+    try:
+        with pytest.raises(DivergenceError,
+                           match="epoch 1, step 10: the weights of unit 2 are no longer"):
+            run_training(small_cfg(epochs=1), tmp_path, progress=False, log=lambda s: None)
+    finally:
+        handle.remove()
+    assert len(calls) == 20
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
