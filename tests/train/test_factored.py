@@ -195,10 +195,10 @@ def test_load_state_dict_invalidates_the_cached_weight():
 
 # ---- in the trainer ----
 
-def mlp_trainer(optimizer="adam", look="chain", hidden=(48, 32)) -> FFTrainer:
+def mlp_trainer(optimizer="adam", look="chain", hidden=(48, 32), **ff) -> FFTrainer:
     cfg = TrainConfig(hidden=hidden, batch_size=32, seed=7, epochs=2, optimizer=optimizer,
                       weight_decay=1e-4 if optimizer == "adamw" else 0.0,
-                      ff=FFConfig(algo="ff-int8", look_ahead=look, lambda_start=0.2))
+                      ff=FFConfig(algo="ff-int8", look_ahead=look, lambda_start=0.2, **ff))
     torch.manual_seed(7)
     return FFTrainer(create_model("mlp", hidden=hidden), cfg, 10)
 
@@ -210,17 +210,20 @@ def data():
 
 
 @needs_lib
-@pytest.mark.parametrize("optimizer,look", [("adam", "chain"), ("adam", "none"),
-                                            ("adamw", "collab")])
-def test_trainer_factored_equals_plain(data, monkeypatch, optimizer, look):
+@pytest.mark.parametrize("optimizer,look,ff", [
+    ("adam", "chain", {}), ("adam", "none", {}), ("adamw", "collab", {}),
+    ("adam", "chain", {"weight_channel": True}), ("adam", "chain", {"int8_kernel": "float-exact"}),
+    ("adam", "none", {"int8_kernel": "reference"}),
+])
+def test_trainer_factored_equals_plain(data, optimizer, look, ff):
     """An epoch with the factored step gives the weights of forming every gradient (x86: to
     the bit, the cached int8 weights included, since the next forwards agree)."""
     x, y = data
-    fast = mlp_trainer(optimizer, look)
+    fast = mlp_trainer(optimizer, look, **ff)
     assert fast.factored and isinstance(fast.optimizer, FactoredAdam)
-    monkeypatch.setattr(fastsr, "available", lambda: False)
-    plain = mlp_trainer(optimizer, look)
-    monkeypatch.undo()
+    cfg = fast.cfg
+    torch.manual_seed(7)
+    plain = FFTrainer(create_model("mlp", hidden=cfg.hidden), cfg, 10, factored_adam=False)
     assert not plain.factored
     fast.train_epoch(x, y)
     plain.train_epoch(x, y)
