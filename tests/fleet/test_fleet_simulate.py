@@ -45,6 +45,9 @@ def test_metrics_and_model_are_written(federation):
         on_disk = json.load(f)
     assert on_disk["test_accuracy"] == m["test_accuracy"]
     assert sum(map(sum, on_disk["client_class_counts"])) == 400
+    from ffint8.quant import fastsr  # the clients' dense weights step from int8 factors
+
+    assert ("int8 gradient factors" in on_disk["kernel"]) == fastsr.available()
     ev = evaluate_checkpoint(os.path.join(cfg.out, "model.pt"), limit_test=200)
     assert ev["test_accuracy"] == pytest.approx(m["test_accuracy"])  # the global model, saved
 

@@ -97,6 +97,14 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def uses_factored_adam(cfg: TrainConfig, dense: bool, device: torch.device | str = "cpu",
+                       parallel: bool = False) -> bool:
+    """Whether FFTrainer steps dense FF-INT8 weights from their int8 gradient factors
+    (train/factored.py): Adam or AdamW, on the CPU with the C kernel built, one process."""
+    return (dense and cfg.ff.int8 and not parallel and cfg.optimizer in ("adam", "adamw")
+            and torch.device(device).type == "cpu" and fastsr.available())
+
+
 # --predict-units auto: the training sample its choice is made on (at most as many images as the
 # test set), and the margin (a fraction of the sample) by which skip-first must beat all
 SELECTION_SAMPLES = 5000
@@ -135,10 +143,8 @@ class FFTrainer:
                               f"{self.cfg.model!r} was built without one")
         # FF-INT8 dense units with Adam: each weight steps from the int8 factors of its gradient
         # (train/factored.py); biases, readout and every other case step as usual.
-        self.factored = (self.factored_adam and self.dense and self.cfg.ff.int8
-                         and self.parallel is None
-                         and self.cfg.optimizer in ("adam", "adamw")
-                         and self.device.type == "cpu" and fastsr.available())
+        self.factored = self.factored_adam and uses_factored_adam(
+            self.cfg, self.dense, self.device, parallel=self.parallel is not None)
         if self.factored:
             self.optimizer = FactoredAdam(self.model.parameters(), lr=self.cfg.lr,
                                           weight_decay=self.cfg.weight_decay,

@@ -32,8 +32,17 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "ffint8-checkpoint"
 
 
-def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu") -> str:
-    """Which arithmetic ran, in words for metrics.json: the GEMM kernel and the quantiser."""
+def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu",
+                       factored: bool = False) -> str:
+    """Which arithmetic ran, in words for metrics.json: the GEMM kernel and the quantiser;
+    factored: the dense weights stepped from their int8 gradient factors (FFTrainer.factored)."""
+    text = _kernels(cfg, device)
+    if factored:
+        text += "; dense weights step from their int8 gradient factors (fused C Adam)"
+    return text
+
+
+def _kernels(cfg: TrainConfig, device: torch.device | str) -> str:
     if cfg.ff.algo in ("ff-fp32", "bp-fp32"):
         return "float32"
     gemm = resolve_kernel(cfg.ff.int8_kernel, device)
@@ -258,9 +267,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, progress: bool = True,
         parallel.setup(trainer)
         log(f"data-parallel: {parallel.world_size} ranks ({parallel.backend}), batch {cfg.batch_size} "
             f"per rank, effective batch {cfg.batch_size * parallel.world_size}")
-    kernel = kernel_description(cfg, device)
-    if getattr(trainer, "factored", False):
-        kernel += "; dense weights step from their int8 gradient factors (fused C Adam)"
+    kernel = kernel_description(cfg, device, factored=getattr(trainer, "factored", False))
     method = "backprop" if cfg.ff.backprop else f"look-ahead {cfg.ff.look_ahead}"
     on = "" if device.type == "cpu" else f" on {describe_device(device)}"
     log(f"{cfg.ff.algo} {cfg.model} on {data.name}: {len(data.train)} train, {len(data.test)} "
