@@ -147,24 +147,25 @@ def gradients_from_records(
         means = [(batch_mean or (lambda y: y.mean(dim=0)))(r.y) for r in records]
         losses = losses + torch.stack([FF.peer_loss(r.y, cfg.peer_weight, m)
                                        for r, m in zip(records, means)])
+    chain = cfg.look_ahead == "chain" and lam != 0.0
+    # ReLU masks (y > 0), made once per unit where the peer term or the chain needs them
+    masks = [r.y > 0 for r in records] if (cfg.peer_weight or chain) else [None] * n_units
     # Local dL_l/dz_l, with the mean over the batch folded in: (B, N) each.
     local = []
-    for rec, g, m in zip(records, g_eff, means):
+    for rec, g, m, mask in zip(records, g_eff, means, masks):
         d_g = FF.unit_loss_grad(g, t, cfg.loss, cfg.theta, cfg.symba_alpha)
         factor = FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
         g_z = (d_g * factor).unsqueeze(1) * rec.y
         if cfg.peer_weight:
-            g_z = g_z + FF.peer_loss_grad(rec.y, cfg.peer_weight, m) * (rec.y > 0)
+            g_z = g_z + FF.peer_loss_grad(rec.y, cfg.peer_weight, m) * mask
         local.append(g_z)
 
-    chain = cfg.look_ahead == "chain" and lam != 0.0
     depth = n_units if cfg.chain_depth is None else cfg.chain_depth
     # Chain: signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l
     # (signals[0]: the sum of those that reach every unit).
     signals: dict[int, torch.Tensor] = {}
     for l in range(n_units - 1, -1, -1):
-        rec, unit = records[l], units[l]
-        mask = rec.y > 0
+        rec, unit, mask = records[l], units[l], masks[l]
         g_z = local[l]
         if chain and signals:
             from_later = torch.stack(list(signals.values())).sum(0) * mask
