@@ -61,12 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--batch-sizes: not a comma-separated list of integers: {args.batch_sizes!r}")
     flush_denormals()  # as ffint8 train does
     torch.set_num_threads(args.threads)
+    synthetic = args.data_dir == "synthetic"
     try:
-        if args.data_dir == "synthetic":
-            data = load_dataset("synthetic", limit_train=args.limit_train, limit_test=1)
-        else:
-            data = load_dataset("fashion-mnist", args.data_dir, limit_train=args.limit_train,
-                                limit_test=1)
+        data = load_dataset("synthetic" if synthetic else "fashion-mnist",
+                            None if synthetic else args.data_dir,
+                            limit_train=args.limit_train, limit_test=1)
     except FFInt8Error as exc:
         raise SystemExit(f"mlp_step.py: {exc}") from None
     x, y = to_float_images(data.train.images), data.train.labels

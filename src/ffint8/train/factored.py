@@ -13,9 +13,8 @@ GEMM of G's columns against A; BLOCK_BYTES bounds a block) and applies Adam to t
 from the int32 values (csrc/fastquant.c, ffq_adam_i32), so no float32 gradient is ever
 written. It returns max|W| after the step, which lets the unit quantise its next forward's weight
 in one pass (FFDense.cache_int8_weight). The update is torch.optim.Adam(fused=True)'s, operation
-for operation; the moments come out bit-equal, the weights too but for about 1 value in 3000,
-one unit in the last place apart (PyTorch's vector square root is not always correctly rounded;
-see ffq_adam_i32)
+for operation: on x86 weights and moments come out bit-equal, but for the last numel % 16 values
+of a tensor (PyTorch's scalar tail), which may differ in the last place (see ffq_adam_i32).
 
 Where the C kernel is not built, or a tensor does not fit, step_factored forms the gradient in
 .grad as the plain path does, for step() to apply: the same update either way.
@@ -68,10 +67,13 @@ class FactoredAdam(torch.optim.Adam):
         raise ValueError("step_factored: the parameter is not in this optimiser")
 
     def _fits(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor, group: dict) -> bool:
+        state = self.state.get(p, {})  # .get: the defaultdict would keep an empty entry
         return (fastsr.available() and p.device.type == "cpu" and p.dtype == torch.float32
                 and p.dim() == 2 and p.is_contiguous() and g_q.scale.dim() == 0
                 and a_q.scale.dim() == 0 and g_q.q.shape[0] <= MAX_EXACT_K
-                and not group["amsgrad"] and not group["maximize"])
+                and not group["amsgrad"] and not group["maximize"]
+                and all(state[k].is_contiguous() and state[k].dtype == torch.float32
+                        for k in ("exp_avg", "exp_avg_sq") if k in state))
 
     @torch.no_grad()
     def step_factored(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor) -> float | None:
@@ -83,10 +85,6 @@ class FactoredAdam(torch.optim.Adam):
             p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
             return None
         state = self.state[p]
-        if state and not all(state[k].is_contiguous() and state[k].dtype == torch.float32
-                             for k in ("exp_avg", "exp_avg_sq")):
-            p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
-            return None
         if not state:  # as torch.optim.Adam initialises a fused parameter's state
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)

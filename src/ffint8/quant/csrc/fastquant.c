@@ -188,10 +188,9 @@ void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *r
  *
  * The operations are those of PyTorch's fused CPU Adam for float32 (FusedAdamKernel.cpp, as
  * gcc builds it for x86: the L2 term, the lerp and the second moment each one fused
- * multiply-add), in the
- * same order, so the moments come out bit-equal to it. The parameters match to the last bit
- * but for about 1 in 3000 values, one unit in the last place apart: PyTorch's vector square
- * root is not always correctly rounded, sqrtf is (tested within that bound).
+ * multiply-add), in the same order, so weights and moments come out bit-equal to its vector
+ * loop (tested). Its scalar tail, the last numel % (vector width) values of a tensor, rounds the
+ * second moment otherwise now and then: there the values may differ in the last place.
  * Returns max(amax_in, max|p| after the step) as ffq_absmax does (NaN once any p is NaN or
  * Inf), so that the caller can quantise the new weight without another pass to find it. */
 float ffq_adam_i32(float *restrict p, float *restrict m, float *restrict v,
