@@ -336,3 +336,30 @@ def test_onednn_weight_grad_takes_taps_only_with_int8_dot(monkeypatch, has_dot):
                                            w.shape, spec, "onednn")
         torch.testing.assert_close(scaled.double(), gw * 0.125, rtol=1e-6, atol=0)
     assert len(calls) == (2 if has_dot else 0)  # the ungrouped case, exact and scaled
+
+
+@pytest.mark.parametrize("available", [True, False], ids=["c-loop", "no-c-loop"])
+def test_depthwise_weight_grad_takes_the_c_loop(monkeypatch, available):
+    # every kernel but the reference sends a depthwise weight gradient to fastsr's loop, exact
+    # and scaled, and only a depthwise one (not two groups); without the loop, the kernel's own
+    import ffint8.quant.conv as conv
+
+    calls = []
+    real = fastsr.depthwise_weight_grad
+
+    def spy(*a):
+        calls.append(1)
+        return real(*a) if available else None
+
+    monkeypatch.setattr(conv.fastsr, "depthwise_weight_grad", spy)
+    kernels = ["im2col", "float-exact"] + (["onednn"] if onednn_available() else [])
+    for case in (CASES[2], CASES[6], CASES[1]):  # depthwise 5x5 and 3x3; two groups
+        x, w, gz, spec = operands(case, 4)
+        _, gw, _ = ref_all(x, w, gz, spec)
+        for kernel in kernels + ["reference"]:
+            assert torch.equal(int8_conv2d_weight(x, gz, w.shape, spec, kernel).double(), gw)
+            scaled = int8_conv2d_weight_scaled(x, torch.tensor(0.5), gz, torch.tensor(0.25),
+                                               w.shape, spec, kernel)
+            torch.testing.assert_close(scaled.double(), gw * 0.125, rtol=1e-6, atol=0)
+    # two depthwise cases, exact and scaled; a declined scaled call asks again in the exact form
+    assert len(calls) == 2 * 2 * len(kernels) if available else len(calls) >= 2 * 2 * len(kernels)

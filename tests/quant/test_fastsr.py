@@ -423,3 +423,64 @@ def test_transpose_bytes_declines_what_it_cannot_take():
     assert fastsr.transpose_bytes(torch.zeros(4, 6, dtype=torch.int8).t(), 6, 4) is None
     assert fastsr.transpose_bytes(torch.zeros(10, dtype=torch.int8), 3, 3) is None  # 10 % 9
     assert fastsr.transpose_bytes(torch.zeros(0, dtype=torch.int8), 0, 3) is None
+
+
+# (N, C, H, W, k, stride, padding): 3x3 and 5x5 (unrolled), 1x1 and 7x7 (the generic loop),
+# channel counts below, at and past one 16-lane vector (padded with zero channels), odd sizes
+DW_CASES = [
+    (2, 16, 7, 9, 3, 1, 1),
+    (3, 8, 9, 9, 3, 2, 1),
+    (2, 33, 8, 7, 5, 1, 2),
+    (1, 48, 11, 10, 5, 2, 2),
+    (2, 5, 6, 6, 1, 1, 0),
+    (2, 20, 12, 11, 7, 2, 3),
+    (1, 16, 5, 5, 3, 1, 0),
+    (2, 17, 4, 6, 3, 2, 2),  # padding past the image's border on both sides
+]
+
+
+def _dw_operands(case, seed, extreme=False):
+    n, c, h, w, k, s, p = case
+    gen = torch.Generator().manual_seed(seed)
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if extreme:  # every product +2^14, the largest a sum can grow by
+        return (torch.full((n, c, h, w), -128, dtype=torch.int8),
+                torch.full((n, c, ho, wo), -128, dtype=torch.int8))
+    x = torch.randint(-128, 128, (n, c, h, w), generator=gen, dtype=torch.int8)
+    g = torch.randint(-128, 128, (n, c, ho, wo), generator=gen, dtype=torch.int8)
+    return x, g
+
+
+@needs_lib
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "extreme"])
+@pytest.mark.parametrize("case", DW_CASES)
+def test_depthwise_weight_grad_exact(case, extreme, layout):
+    n, c, h, w, k, s, p = case
+    x, g = _dw_operands(case, 7, extreme)
+    want = torch.nn.grad.conv2d_weight(x.double(), (c, 1, k, k), g.double(), s, p, 1, c)
+    if layout == "channels_last":
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    got = fastsr.depthwise_weight_grad(x, g, (k, k), (s, s), (p, p))
+    assert got.dtype == torch.int64 and got.shape == (c, 1, k, k)
+    assert torch.equal(got.double(), want)
+
+
+@needs_lib
+def test_depthwise_weight_grad_sums_past_int32_across_images():
+    # each image sums in int32 (60*60*2^14 < 2^31), the batch in int64: 40 images reach 2.4e9
+    x = torch.full((40, 16, 60, 60), -128, dtype=torch.int8)
+    got = fastsr.depthwise_weight_grad(x, x, (1, 1), (1, 1), (0, 0))
+    assert got is not None and torch.all(got == 40 * 60 * 60 * 2**14)
+    assert int(got[0, 0, 0, 0]) > 2**31
+
+
+@needs_lib
+def test_depthwise_weight_grad_declines_what_it_cannot_take():
+    x = torch.zeros((2, 4, 12, 12), dtype=torch.int8)
+    g = torch.zeros((2, 4, 4, 4), dtype=torch.int8)
+    assert fastsr.depthwise_weight_grad(x, g, (9, 9), (1, 1), (0, 0)) is None  # 81 taps > 49
+    assert fastsr.depthwise_weight_grad(x.float(), g, (3, 3), (1, 1), (0, 0)) is None
+    assert fastsr.depthwise_weight_grad(x, g[:, :3], (3, 3), (1, 1), (0, 0)) is None  # channels
+    big = torch.zeros((1, 1, 400, 400), dtype=torch.int8)  # one image's sum could pass int32
+    assert fastsr.depthwise_weight_grad(big, big, (1, 1), (1, 1), (0, 0)) is None

@@ -34,6 +34,10 @@ Kernels (all exact; they differ in speed and where they run):
   Winograd or TF32, which are not exact); NNPACK (Winograd) is switched off around each call.
 - "reference": int64 im2col and matmul; slow, for tests.
 "auto" picks per op and device: see resolve_conv_kernel.
+Whatever the kernel but "reference", a depthwise weight gradient (one filter per channel, as in
+MobileNet-v2 and EfficientNet-B0) runs on the CPU in fastquant.c's loop where that is built
+(fastsr.depthwise_weight_grad): oneDNN takes it as a grouped convolution whose kernel is the
+whole of g, a shape it is slow at (benchmarks/depthwise_weight.py).
 """
 
 from __future__ import annotations
@@ -523,10 +527,21 @@ def _forward_int(x, w, spec, kernel):
     return out
 
 
+def _depthwise_weight(x: torch.Tensor, g: torch.Tensor, w_shape: tuple[int, ...],
+                      spec: ConvSpec) -> torch.Tensor | None:
+    """The exact int64 weight gradient of a depthwise convolution from the C loop; None where
+    the convolution is not depthwise or the loop cannot take it."""
+    if spec.groups == 1 or w_shape[1] != 1 or w_shape[0] != spec.groups:
+        return None
+    return fastsr.depthwise_weight_grad(x, g, tuple(w_shape[2:]), spec.stride, spec.padding)
+
+
 def _weight_int(x, g, w_shape, spec, kernel):
     n, o, ho, wo = g.shape
     cg, kh, kw = w_shape[1:]
     dtype = _acc_dtype(n * ho * wo)
+    if kernel != "reference" and (gw := _depthwise_weight(x, g, w_shape, spec)) is not None:
+        return gw.to(dtype)
     if kernel in ("reference", "im2col"):
         cols = _patches(x.long() if kernel == "reference" else x, kh, kw, spec)  # (G, N*L, Cg*kk)
         gg = g.reshape(n, spec.groups, o // spec.groups, ho * wo).permute(1, 2, 0, 3)
@@ -710,7 +725,9 @@ def int8_conv2d_weight_scaled(
     xs = _scale_vec(x_scale, 1, "x_scale", allow_vector=False)
     gs = _scale_vec(g_scale, o, "g_scale").expand(o).contiguous()  # (O,)
     k = _kernel(kernel, x.device, "weight")
-    if k == "onednn" and _taps_fit(spec):
+    if k != "reference" and (gw := _depthwise_weight(x, g, w_shape, spec)) is not None:
+        z = gw.float()  # one rounding to float32, then scaled
+    elif k == "onednn" and _taps_fit(spec):
         z = _taps_weight(x, g, w_shape, spec).float()  # one rounding to float32, then scaled
     elif k == "onednn":
         return _onednn_weight(x, g, w_shape, spec, None, float(xs), gs)

@@ -111,6 +111,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
     lib.ffq_transpose_u8.restype = None
     lib.ffq_transpose_u8.argtypes = [ptr, ptr, i64, i64, i64]
+    lib.ffq_dw_weight_i8.restype = ctypes.c_int
+    lib.ffq_dw_weight_i8.argtypes = [ptr, ptr, ptr] + [i64] * 12
     return lib
 
 
@@ -206,6 +208,37 @@ def transpose_bytes(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor | Non
     out = torch.empty(x.numel(), dtype=x.dtype)
     lib.ffq_transpose_u8(x.data_ptr(), out.data_ptr(), x.numel() // (rows * cols), rows, cols)
     return out
+
+
+MAX_DW_TAPS, DW_LANES = 49, 16  # FFQ_DW_MAX_TAPS, FFQ_DW_LANES in csrc/fastquant.c
+
+
+def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, kernel_size: tuple[int, int],
+                          stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor | None:
+    """Exact weight gradient of a depthwise convolution (groups = channels, one filter each):
+    x int8 (N, C, H, W), g int8 (N, C, Ho, Wo) -> int64 (C, 1, kh, kw); None where the C kernel
+    is unavailable or the operands do not fit it (then the caller takes another kernel).
+    Channels-last operands are read in place; others are copied to that layout once."""
+    kh, kw = kernel_size
+    if (x.device.type != "cpu" or g.device.type != "cpu" or x.dtype != torch.int8
+            or g.dtype != torch.int8 or x.dim() != 4 or g.dim() != 4
+            or g.shape[:2] != x.shape[:2] or kh * kw > MAX_DW_TAPS
+            or g.shape[2] * g.shape[3] * 128 * 128 >= 2**31):  # one image's sum must fit int32
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    ho, wo = g.shape[2:]
+    xl = x.permute(0, 2, 3, 1).contiguous()  # a view when x is channels_last
+    gl = g.permute(0, 2, 3, 1).contiguous()
+    cp = -(-c // DW_LANES) * DW_LANES
+    if cp != c:  # zero channels up to whole vectors: the kernel's odd-width tail is scalar
+        xl, gl = torch.nn.functional.pad(xl, (0, cp - c)), torch.nn.functional.pad(gl, (0, cp - c))
+    out = torch.empty((cp, 1, kh, kw), dtype=torch.int64)
+    rc = lib.ffq_dw_weight_i8(xl.data_ptr(), gl.data_ptr(), out.data_ptr(), n, h, w, cp, ho, wo,
+                              kh, kw, stride[0], stride[1], padding[0], padding[1])
+    return out[:c] if rc == 0 else None
 
 
 MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c

@@ -58,6 +58,8 @@ def _kernels(cfg: TrainConfig, device: torch.device | str) -> str:
         k = conv_kernel(cfg.ff.int8_kernel)
         convs = ", ".join(f"{op} {resolve_conv_kernel(k, device, op)}"
                           for op in ("forward", "weight", "input"))
+        if fused and resolve_conv_kernel(k, device, "weight") != "reference":
+            convs += " (depthwise weight: C loop)"  # quant.conv._depthwise_weight
         return f"conv: {convs}; dense: {gemm}; {quantiser}"
     return f"{gemm}; {quantiser}"
 

@@ -257,3 +257,70 @@ void ffq_transpose_u8(const uint8_t *restrict src, uint8_t *restrict dst, int64_
         }
     }
 }
+
+/* Weight gradient of a depthwise convolution (one filter per channel), exact:
+ * out[c][a][b] = sum over n, i, j of g[n][i][j][c] * x[n][i*sh - ph + a][j*sw - pw + b][c],
+ * taps that fall in the zero padding skipped. x is (N, H, W, C) int8 and g (N, Ho, Wo, C) int8,
+ * both channels-last, so 16 channels of one position are 16 adjacent bytes and the channel loop
+ * vectorises; out is (C, kh*kw) int64. Each image sums in int32 (at most Ho*Wo*2^14 per image,
+ * checked by the caller) and is added into int64, so no batch is too large.
+ * oneDNN runs this as a grouped convolution whose "kernel" is the whole of g (a poor shape for
+ * it). Here the taps of 16 channels stay in registers while g and x stream through once. */
+enum { FFQ_DW_LANES = 16, FFQ_DW_MAX_TAPS = 49 };
+
+static inline __attribute__((always_inline)) void dw_weight_lanes(
+    const int8_t *restrict x, const int8_t *restrict g, int64_t *restrict out, int64_t n,
+    int64_t h, int64_t w, int64_t c, int64_t ho, int64_t wo, const int kh, const int kw,
+    int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t c0, const int lanes) {
+    int32_t acc[FFQ_DW_MAX_TAPS][FFQ_DW_LANES];
+    int64_t total[FFQ_DW_MAX_TAPS][FFQ_DW_LANES];
+    for (int t = 0; t < kh * kw; t++)
+        for (int l = 0; l < lanes; l++) total[t][l] = 0;
+    for (int64_t img = 0; img < n; img++) {
+        for (int t = 0; t < kh * kw; t++)
+            for (int l = 0; l < lanes; l++) acc[t][l] = 0;
+        for (int64_t i = 0; i < ho; i++) {
+            for (int64_t j = 0; j < wo; j++) {
+                const int8_t *restrict gp = g + ((img * ho + i) * wo + j) * c + c0;
+                int32_t gv[FFQ_DW_LANES];
+                for (int l = 0; l < lanes; l++) gv[l] = gp[l];
+                for (int a = 0; a < kh; a++) {
+                    int64_t y = i * sh - ph + a;
+                    if (y < 0 || y >= h) continue;
+                    for (int b = 0; b < kw; b++) {
+                        int64_t xx = j * sw - pw + b;
+                        if (xx < 0 || xx >= w) continue;
+                        const int8_t *restrict xp = x + ((img * h + y) * w + xx) * c + c0;
+                        for (int l = 0; l < lanes; l++) acc[a * kw + b][l] += gv[l] * xp[l];
+                    }
+                }
+            }
+        }
+        for (int t = 0; t < kh * kw; t++)
+            for (int l = 0; l < lanes; l++) total[t][l] += acc[t][l];
+    }
+    for (int t = 0; t < kh * kw; t++)
+        for (int l = 0; l < lanes; l++) out[(c0 + l) * kh * kw + t] = total[t][l];
+}
+
+/* Returns 0, or -1 where kh*kw exceeds FFQ_DW_MAX_TAPS (nothing written). */
+int ffq_dw_weight_i8(const int8_t *restrict x, const int8_t *restrict g, int64_t *restrict out,
+                     int64_t n, int64_t h, int64_t w, int64_t c, int64_t ho, int64_t wo,
+                     int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    if (kh < 1 || kw < 1 || kh * kw > FFQ_DW_MAX_TAPS) return -1;
+    int64_t c0 = 0;
+    for (; c0 + FFQ_DW_LANES <= c; c0 += FFQ_DW_LANES) {
+        /* the common kernel sizes get constant loop bounds: unrolled, accumulators in registers */
+        if (kh == 3 && kw == 3)
+            dw_weight_lanes(x, g, out, n, h, w, c, ho, wo, 3, 3, sh, sw, ph, pw, c0, FFQ_DW_LANES);
+        else if (kh == 5 && kw == 5)
+            dw_weight_lanes(x, g, out, n, h, w, c, ho, wo, 5, 5, sh, sw, ph, pw, c0, FFQ_DW_LANES);
+        else
+            dw_weight_lanes(x, g, out, n, h, w, c, ho, wo, (int)kh, (int)kw, sh, sw, ph, pw, c0,
+                            FFQ_DW_LANES);
+    }
+    if (c0 < c)
+        dw_weight_lanes(x, g, out, n, h, w, c, ho, wo, (int)kh, (int)kw, sh, sw, ph, pw, c0,
+                        (int)(c - c0));
+    return 0;
+}
