@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 
 import torch
-
 from conv_int8 import time_round_robin
+
 from ffint8.measure.convshapes import conv_layers
 from ffint8.measure.counts import Conv
 from ffint8.models import create_model
