@@ -1,5 +1,5 @@
-"""FactoredAdam (ffint8.train.factored): an FF-INT8 dense weight stepped from the int8 factors of
-its gradient, against forming the gradient and stepping torch.optim.Adam."""
+"""FactoredAdam (ffint8.train.factored) and Adam8.step_factored: an FF-INT8 dense weight stepped
+from the int8 factors of its gradient, against forming the gradient and stepping the optimiser."""
 
 import copy
 import math
@@ -12,9 +12,9 @@ from ffint8.data import load_dataset, to_float_images
 from ffint8.models import create_model
 from ffint8.nn.dense import FFDense
 from ffint8.quant import QTensor, fastsr, int8_mm_scaled, quantize
-from ffint8.train import factored
 from ffint8.train.config import FFConfig, TrainConfig
-from ffint8.train.factored import FactoredAdam
+from ffint8.train.adam8 import Adam8
+from ffint8.train.factored import FactoredAdam, FactoredStep
 from ffint8.train.loop import FFTrainer, make_optimizer
 
 needs_lib = pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
@@ -82,12 +82,12 @@ def test_odd_sizes_close_to_fused_adam(shape):
 
 
 @needs_lib
-def test_blocks_give_the_same_step(monkeypatch):
+def test_blocks_give_the_same_step():
     shape = (50, 32)
     one = pair(shape)
-    monkeypatch.setattr(factored, "BLOCK_BYTES", 4 * 32 * 7)  # 7 rows a block: 8 blocks
-    assert factored.block_rows(32) == 7
     many = pair(shape)
+    many[1].block_bytes = 4 * 32 * 7  # 7 rows a block: 8 blocks
+    assert many[1].block_rows(32) == 7 and many[1].block_rows(32, multiple=4) == 4
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         f = factors(16, *shape, gen)
@@ -213,14 +213,16 @@ def data():
 @pytest.mark.parametrize("optimizer,look,ff", [
     ("adam", "chain", {}), ("adam", "none", {}), ("adamw", "collab", {}),
     ("adam", "chain", {"weight_channel": True}), ("adam", "chain", {"int8_kernel": "float-exact"}),
-    ("adam", "none", {"int8_kernel": "reference"}),
+    ("adam", "none", {"int8_kernel": "reference"}), ("adam8", "chain", {}),
+    ("adam8", "collab", {"int8_kernel": "float-exact"}),
 ])
 def test_trainer_factored_equals_plain(data, optimizer, look, ff):
     """An epoch with the factored step gives the weights of forming every gradient (x86: to
     the bit, the cached int8 weights included, since the next forwards agree)."""
     x, y = data
     fast = mlp_trainer(optimizer, look, **ff)
-    assert fast.factored and isinstance(fast.optimizer, FactoredAdam)
+    assert fast.factored and isinstance(fast.optimizer, FactoredStep)
+    assert isinstance(fast.optimizer, Adam8 if optimizer == "adam8" else FactoredAdam)
     cfg = fast.cfg
     torch.manual_seed(7)
     plain = FFTrainer(create_model("mlp", hidden=cfg.hidden), cfg, 10, factored_adam=False)
@@ -236,7 +238,7 @@ def test_trainer_factored_equals_plain(data, optimizer, look, ff):
 
 def test_factored_only_where_it_applies(data, monkeypatch):
     assert not mlp_trainer("sgd").factored
-    assert not mlp_trainer("adam8").factored
+    assert mlp_trainer("adam8").factored and isinstance(mlp_trainer("adam8").optimizer, Adam8)
     cfg = TrainConfig(hidden=(16,), ff=FFConfig(algo="ff-fp32"))
     assert not FFTrainer(create_model("mlp", hidden=(16,)), cfg, 10).factored
     monkeypatch.setattr(fastsr, "available", lambda: False)
@@ -260,3 +262,49 @@ def test_no_float_weight_gradient_is_formed(data, monkeypatch):
     monkeypatch.setattr(FactoredAdam, "step_factored", spy)
     tr.train_epoch(x[:64], y[:64])
     assert seen == [True] * 4  # 2 steps x 2 units
+
+
+# ---- adam8 ----
+
+def adam8_pair(shape, wd=0.0, block_bytes=None):
+    gen = torch.Generator().manual_seed(sum(shape))
+    p0 = torch.randn(shape, generator=gen) * 0.05
+    a, b = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    fa, ref = Adam8([a], lr=3e-3, weight_decay=wd, seed=3), Adam8([b], lr=3e-3, weight_decay=wd,
+                                                                  seed=3)
+    if block_bytes is not None:
+        fa.block_bytes = block_bytes
+    return a, fa, b, ref, gen
+
+
+@needs_lib
+@pytest.mark.parametrize("shape,block_bytes", [
+    ((24, 40), None),      # one block
+    ((70, 40), 4 * 40 * 33),  # 40 columns: blocks of 32 rows (256 / gcd(40, 256)), 3 of them
+    ((9, 300), 4 * 300),   # 300 columns: 64-row multiples, so one block after all
+    ((50, 512), 4 * 512 * 3),  # whole blocks of the state in every row: 3 rows a block
+])
+@pytest.mark.parametrize("wd", [0.0, 1e-3])
+def test_adam8_factored_equals_plain(shape, block_bytes, wd):
+    """Slices of the weight round their state with the noise of one call over the whole: the
+    weight and the 8-bit state come out bit-equal to Adam8.step on the formed gradient."""
+    a, fa, b, ref, gen = adam8_pair(shape, wd, block_bytes)
+    for _ in range(4):
+        g_q, a_q = factors(16, *shape, gen)
+        amax = fa.step_factored(a, g_q, a_q)
+        b.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale)
+        ref.step()
+        assert a.grad is None and amax == b.detach().abs().max().item()
+        assert torch.equal(a, b)
+        for k in ("m", "m_scale", "r", "r_scale", "step"):
+            assert torch.equal(fa.state[a][k], ref.state[b][k]), k
+    assert torch.equal(fa.generator.get_state(), ref.generator.get_state())
+
+
+@needs_lib
+def test_adam8_factored_falls_back_where_it_cannot():
+    a, fa, b, ref, gen = adam8_pair((8, 16))
+    fa.fused = False  # the PyTorch path: the gradient is formed for step()
+    g_q, a_q = factors(4, 8, 16, gen)
+    assert fa.step_factored(a, g_q, a_q) is None
+    assert torch.equal(a.grad, int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale))

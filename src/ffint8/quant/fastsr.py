@@ -105,8 +105,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ffq_quantize_rows_nearest.restype = None
     lib.ffq_quantize_rows_nearest.argtypes = [ptr, ptr, ptr, i64, i64, f]
     lib.ffq_adam8.restype = None
-    lib.ffq_adam8.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr,
-                              f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32]
+    lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64, ptr,
+                              f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64]
     lib.ffq_adam_i32.restype = ctypes.c_float
     lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
     lib.ffq_transpose_u8.restype = None
@@ -148,6 +148,15 @@ def quantize_per_tensor(
         return None
     amax = lib.ffq_absmax(x.data_ptr(), x.numel()) if x.numel() else 0.0
     return _quantize_with_absmax(lib, x, amax, seed)
+
+
+def absmax(x: torch.Tensor) -> float | None:
+    """max|x| of a contiguous CPU float32 tensor in one C pass (NaN if any value is NaN or Inf),
+    or None where the C kernel is unavailable or x does not fit it."""
+    lib = _usable(x)
+    if lib is None:
+        return None
+    return lib.ffq_absmax(x.data_ptr(), x.numel()) if x.numel() else 0.0
 
 
 def quantize_nearest_with_absmax(x: torch.Tensor, amax: float
@@ -246,22 +255,39 @@ MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c
 
 def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table: torch.Tensor,
                b1: float, b2: float, step_size: float, root_c2: float, eps: float, wd: float,
-               keys: tuple[int, int, int, int] | None) -> bool:
+               keys: tuple[int, int, int, int] | None, *, g_scale: float | None = None,
+               start: int = 0) -> bool:
     """ffint8.train.adam8's update of one parameter in one fused pass (state: its "m", "m_scale",
     "r", "r_scale"); keys: four 32-bit keys of the stochastic rounding, None to round to
-    nearest. False (nothing done) where the C kernel is unavailable or does not fit."""
+    nearest. False (nothing done) where the C kernel is unavailable or does not fit.
+
+    g: p's float32 gradient; or, with g_scale, an int32 accumulator whose values times g_scale
+    are the gradient (train/factored.py). start: p is the contiguous slice of its tensor that
+    begins at value `start` (a multiple of block), the state the whole tensor's: its slices
+    round as one call over the whole tensor would."""
     lib = _usable(p)
-    if lib is None or _usable(g) is None or block > MAX_ADAM8_BLOCK:
+    exact = g_scale is not None
+    if exact:
+        fits = (g.device.type == "cpu" and g.dtype == torch.int32 and g.is_contiguous()
+                and g.numel() == p.numel())
+    else:
+        fits = _usable(g) is not None
+    if lib is None or not fits or block > MAX_ADAM8_BLOCK or start % block or start < 0:
         return False
     tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"], table)
     if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
         return False
+    end = start + p.numel()
+    if end > state["m"].numel() or (end % block and end <= state["m"].numel() - block):
+        return False  # past the state, or a slice that ends inside a block not the last
     k = keys or (0, 0, 0, 0)
+    b0 = start // block
     # scalars rounded to float32 as PyTorch rounds a Python float for a float32 tensor
-    lib.ffq_adam8(p.data_ptr(), g.data_ptr(), p.numel(), state["m"].data_ptr(),
-                  state["m_scale"].data_ptr(), state["r"].data_ptr(), state["r_scale"].data_ptr(),
-                  block, table.data_ptr(), 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd,
-                  int(keys is not None), *k)
+    lib.ffq_adam8(p.data_ptr(), None if exact else g.data_ptr(), g.data_ptr() if exact else None,
+                  g_scale if exact else 1.0, p.numel(), state["m"][start:].data_ptr(),
+                  state["m_scale"][b0:].data_ptr(), state["r"][start:].data_ptr(),
+                  state["r_scale"][b0:].data_ptr(), block, table.data_ptr(), 1 - b1, b2, 1 - b2,
+                  step_size, root_c2, eps, wd, int(keys is not None), *k, start)
     return True
 
 

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ffint8.quant import fastsr
+from ffint8.quant import QTensor, fastsr, int8_mm_scaled
 from ffint8.quant.blockwise import (
     E4M3_VALUES,
     FP8,
@@ -37,13 +37,25 @@ from ffint8.quant.blockwise import (
     quantize_blocks,
     stochastic_noise,
 )
+from ffint8.quant.gemm import Kernel
+from ffint8.train.factored import FactoredStep
+
+# step_factored's row blocks: an int32 accumulator of at most this many bytes. Smaller than
+# FactoredAdam's: adam8 is the choice for memory, and its update costs more than a block switch.
+ADAM8_BLOCK_BYTES = 1 << 20
 
 
-class Adam8(torch.optim.Optimizer):
+class Adam8(FactoredStep, torch.optim.Optimizer):
+    """Adam with 8-bit moments. step_factored (as FactoredAdam's, train/factored.py) steps an
+    FF-INT8 dense weight from the int8 factors of its gradient: an int32 accumulator a block of
+    rows at a time into the C kernel, so no float32 gradient is formed; the same update."""
+
+    block_bytes = ADAM8_BLOCK_BYTES
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, block: int = 256,
                  chunk: int = 1 << 16, seed: int = 0, stochastic: bool = True,
-                 fused: bool = True) -> None:
+                 fused: bool = True, kernel: Kernel = "auto") -> None:
         if not lr > 0:
             raise ValueError(f"Adam8: lr must be > 0, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -57,6 +69,8 @@ class Adam8(torch.optim.Optimizer):
         self.generator = torch.Generator().manual_seed(seed)  # stochastic rounding of the state
         self._seed = seed
         self._noise: torch.Tensor | None = None  # the PyTorch path's noise table, made on use
+        self.kernel = kernel  # step_factored's int8 GEMM
+        self._acc = None
 
     def _init_state(self, p: torch.Tensor) -> dict:
         n = -(-p.numel() // self.block) * self.block  # padded to whole blocks
@@ -88,13 +102,45 @@ class Adam8(torch.optim.Optimizer):
                 self._update(p, state, group, int(state["step"]))
         return loss
 
-    def _update(self, p: torch.Tensor, state: dict, group: dict, t: int) -> None:
+    def _constants(self, group: dict, t: int) -> tuple:
+        """(b1, b2, step_size, root_c2, eps, wd, keys) of step t; draws the rounding keys."""
         b1, b2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         step_size, root_c2 = lr / (1 - b1**t), math.sqrt(1 - b2**t)
         keys = None
         if self.stochastic:  # drawn whichever path runs, so both advance the generator alike
             keys = tuple(torch.randint(0, 1 << 32, (4,), generator=self.generator).tolist())
+        return b1, b2, step_size, root_c2, eps, wd, keys
+
+    @torch.no_grad()
+    def step_factored(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor) -> float | None:
+        """One step of the (N, D) weight p whose gradient is g_q^T a_q: g_q (K, N), a_q (K, D),
+        int8 with 0-d scales. Returns max|p| after the step (NaN if a value is not finite), or
+        None where it set p.grad instead, for step() to apply (the same update)."""
+        group = self._group_of(p)
+        cols = p.shape[1] if p.dim() == 2 else 0
+        # row blocks start on a block of the state: rows a multiple of block / gcd(cols, block)
+        multiple = self.block // math.gcd(cols, self.block) if cols else 1
+        if not (self.fused and self.block <= fastsr.MAX_ADAM8_BLOCK
+                and self._factors_fit(p, g_q, a_q)):
+            p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
+            return None
+        state = self.state[p]
+        if not state:
+            state.update(self._init_state(p))
+        state["step"] += 1
+        b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, int(state["step"]))
+        g_scale = float(g_q.scale * a_q.scale)  # as the plain path scales: one float32 product
+        for r0, r1, acc in self._gradient_blocks(p, g_q, a_q, multiple):
+            if not fastsr.adam8_step(p[r0:r1], acc, state, self.block, E4M3_VALUES, b1, b2,
+                                     step_size, root_c2, eps, wd, keys, g_scale=g_scale,
+                                     start=r0 * cols):
+                raise RuntimeError("step_factored: the fused adam8 kernel refused its operands")
+        torch.autograd.graph.increment_version(p)  # written through a pointer
+        return fastsr.absmax(p)
+
+    def _update(self, p: torch.Tensor, state: dict, group: dict, t: int) -> None:
+        b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, t)
         if self.fused and fastsr.adam8_step(p, p.grad, state, self.block, E4M3_VALUES, b1, b2,
                                             step_size, root_c2, eps, wd, keys):
             return

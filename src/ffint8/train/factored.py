@@ -35,20 +35,13 @@ from ffint8.quant.gemm import MAX_EXACT_K, Kernel
 BLOCK_BYTES = 1 << 22
 
 
-def block_rows(in_features: int) -> int:
-    """Rows of an (N, in_features) weight updated per block."""
-    return max(1, BLOCK_BYTES // (4 * max(in_features, 1)))
+class FactoredStep:
+    """What an optimiser needs to step weights from int8 gradient factors: the accumulator's
+    memory, kept from step to step, and the row blocks of one weight's gradient."""
 
-
-class FactoredAdam(torch.optim.Adam):
-    """torch.optim.Adam (fused; decoupled: AdamW's weight decay) with step_factored."""
-
-    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *,
-                 decoupled: bool = False, kernel: Kernel = "auto") -> None:
-        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True,
-                         decoupled_weight_decay=decoupled)
-        self.kernel = kernel
-        self._acc: torch.Tensor | None = None  # the accumulator's memory, kept from step to step
+    kernel: Kernel = "auto"
+    block_bytes: int = BLOCK_BYTES
+    _acc: torch.Tensor | None = None
 
     def _accumulator(self, rows: int, cols: int) -> torch.Tensor:
         """An int32 (rows, cols) tensor in memory reused by every call. Written afresh each
@@ -66,11 +59,43 @@ class FactoredAdam(torch.optim.Adam):
                 return group
         raise ValueError("step_factored: the parameter is not in this optimiser")
 
-    def _fits(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor, group: dict) -> bool:
-        state = self.state.get(p, {})  # .get: the defaultdict would keep an empty entry
+    @staticmethod
+    def _factors_fit(p: torch.Tensor, g_q: QTensor, a_q: QTensor) -> bool:
         return (fastsr.available() and p.device.type == "cpu" and p.dtype == torch.float32
                 and p.dim() == 2 and p.is_contiguous() and g_q.scale.dim() == 0
-                and a_q.scale.dim() == 0 and g_q.q.shape[0] <= MAX_EXACT_K
+                and a_q.scale.dim() == 0 and g_q.q.shape[0] <= MAX_EXACT_K)
+
+    def block_rows(self, cols: int, multiple: int = 1) -> int:
+        """Rows of an (N, cols) weight stepped per block: as many as block_bytes of int32
+        accumulator hold, a multiple of `multiple` (at least one multiple)."""
+        return max(multiple, self.block_bytes // (4 * max(cols, 1)) // multiple * multiple)
+
+    def _gradient_blocks(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor, multiple: int = 1):
+        """(r0, r1, acc) for consecutive row blocks of p: acc the exact int32 gradient of rows
+        r0:r1 (before its scales), in the reused accumulator; every block but the last a
+        multiple of `multiple` rows."""
+        g_cols, a = g_q.q.t(), a_q.q  # (N, K) view, (K, D)
+        cols = p.shape[1]
+        rows = self.block_rows(cols, multiple)
+        for r0 in range(0, p.shape[0], rows):
+            r1 = min(r0 + rows, p.shape[0])
+            yield r0, r1, int8_mm(g_cols[r0:r1], a, self.kernel,
+                                  out=self._accumulator(r1 - r0, cols))
+
+
+class FactoredAdam(FactoredStep, torch.optim.Adam):
+    """torch.optim.Adam (fused; decoupled: AdamW's weight decay) with step_factored."""
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, *,
+                 decoupled: bool = False, kernel: Kernel = "auto") -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True,
+                         decoupled_weight_decay=decoupled)
+        self.kernel = kernel
+        self._acc = None
+
+    def _fits(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor, group: dict) -> bool:
+        state = self.state.get(p, {})  # .get: the defaultdict would keep an empty entry
+        return (self._factors_fit(p, g_q, a_q)
                 and not group["amsgrad"] and not group["maximize"]
                 and all(state[k].is_contiguous() and state[k].dtype == torch.float32
                         for k in ("exp_avg", "exp_avg_sq") if k in state))
@@ -95,13 +120,8 @@ class FactoredAdam(torch.optim.Adam):
         # the gradient's scale exactly as the plain path multiplies it: one float32 product
         g_scale = float(g_q.scale * a_q.scale)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        g_cols, a = g_q.q.t(), a_q.q  # (N, K) view, (K, D)
-        cols = p.shape[1]
-        rows = block_rows(cols)
         amax = 0.0
-        for r0 in range(0, p.shape[0], rows):
-            r1 = min(r0 + rows, p.shape[0])
-            acc = int8_mm(g_cols[r0:r1], a, self.kernel, out=self._accumulator(r1 - r0, cols))
+        for r0, r1, acc in self._gradient_blocks(p, g_q, a_q):
             amax = fastsr.adam_int32(p[r0:r1], m[r0:r1], v[r0:r1], acc, g_scale,
                                      float(group["lr"]), b1, b2, t, float(group["eps"]),
                                      float(group["weight_decay"]),

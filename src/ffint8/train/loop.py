@@ -85,7 +85,8 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam8":  # Adam with its moments in 8 bits: a quarter of Adam's state
         from ffint8.train.adam8 import Adam8
 
-        return Adam8(params, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed)
+        return Adam8(params, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                     kernel=cfg.ff.int8_kernel)
     # adamw: weight decay decoupled from the gradient (p *= 1 - lr * wd), not Adam's L2 term,
     # which Adam's normalisation turns into a full-size step for weights with small gradients.
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -100,8 +101,9 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 def uses_factored_adam(cfg: TrainConfig, dense: bool, device: torch.device | str = "cpu",
                        parallel: bool = False) -> bool:
     """Whether FFTrainer steps dense FF-INT8 weights from their int8 gradient factors
-    (train/factored.py): Adam or AdamW, on the CPU with the C kernel built, one process."""
-    return (dense and cfg.ff.int8 and not parallel and cfg.optimizer in ("adam", "adamw")
+    (train/factored.py): Adam, AdamW or adam8, on the CPU with the C kernel built, one process."""
+    return (dense and cfg.ff.int8 and not parallel
+            and cfg.optimizer in ("adam", "adamw", "adam8")
             and torch.device(device).type == "cpu" and fastsr.available())
 
 
@@ -141,11 +143,11 @@ class FFTrainer:
         if self.cfg.ff.predict == "softmax" and self.readout is None:
             raise ConfigError(f"--predict softmax needs a model built with a readout; "
                               f"{self.cfg.model!r} was built without one")
-        # FF-INT8 dense units with Adam: each weight steps from the int8 factors of its gradient
-        # (train/factored.py); biases, readout and every other case step as usual.
+        # FF-INT8 dense units with Adam or adam8: each weight steps from the int8 factors of its
+        # gradient (train/factored.py); biases, readout and every other case step as usual.
         self.factored = self.factored_adam and uses_factored_adam(
             self.cfg, self.dense, self.device, parallel=self.parallel is not None)
-        if self.factored:
+        if self.factored and self.cfg.optimizer != "adam8":  # Adam8 has step_factored itself
             self.optimizer = FactoredAdam(self.model.parameters(), lr=self.cfg.lr,
                                           weight_decay=self.cfg.weight_decay,
                                           decoupled=self.cfg.optimizer == "adamw",

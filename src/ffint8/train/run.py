@@ -38,7 +38,8 @@ def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu",
     factored: the dense weights stepped from their int8 gradient factors (FFTrainer.factored)."""
     text = _kernels(cfg, device)
     if factored:
-        text += "; dense weights step from their int8 gradient factors (fused C Adam)"
+        adam = "adam8" if cfg.optimizer == "adam8" else "Adam"
+        text += f"; dense weights step from their int8 gradient factors (fused C {adam})"
     return text
 
 

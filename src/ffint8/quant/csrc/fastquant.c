@@ -141,12 +141,17 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
  * moment m and r = sqrt(v) stored as codes mc, rc (n rounded up to whole blocks) with scales
  * ms, rs; table: the 256 e4m3 values; w1 = 1 - b1 and w2 = 1 - b2 as the caller rounds them.
  * The arithmetic follows ffint8.train.adam8's PyTorch path operation by operation (lerp takes
- * w1, not b1). Keys (k1, k2) and (k3, k4): the rounding noise of m and of r. */
-void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *restrict mc,
+ * w1, not b1). Keys (k1, k2) and (k3, k4): the rounding noise of m and of r.
+ * g NULL: the gradient is acc[i] * g_scale instead, an int8 GEMM's exact int32 result times its
+ * two scales (as ffq_adam_i32 takes it), so no float32 gradient is written. base: the index of
+ * p[0] in its tensor, where a caller steps a tensor a slice at a time (a multiple of block):
+ * the rounding noise is hashed from base + i, so slices round as one call over the whole would. */
+void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restrict acc,
+               float g_scale, int64_t n, uint8_t *restrict mc,
                float *restrict ms, uint8_t *restrict rc, float *restrict rs, int64_t block,
                const float *restrict table, float w1, float b2, float w2, float step_size,
                float root_c2, float eps, float wd, int stochastic, uint32_t k1, uint32_t k2,
-               uint32_t k3, uint32_t k4) {
+               uint32_t k3, uint32_t k4, int64_t base) {
     float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK], gb[FFQ_MAX_BLOCK], pb[FFQ_MAX_BLOCK];
     float inv_root_c2 = 1.0f / root_c2;
     for (int64_t o = 0; o < n; o += block) {
@@ -155,7 +160,7 @@ void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *r
         /* this block's gradient (decay added) and parameters; the padding past n is 0 */
         for (int64_t i = 0; i < block; i++) {
             pb[i] = i < len ? p[o + i] : 0.0f;
-            gb[i] = i < len ? g[o + i] : 0.0f;
+            gb[i] = i < len ? (g ? g[o + i] : (float)acc[o + i] * g_scale) : 0.0f;
         }
         if (wd != 0.0f)
             for (int64_t i = 0; i < block; i++) gb[i] = gb[i] + wd * pb[i];
@@ -174,8 +179,8 @@ void ffq_adam8(float *restrict p, const float *restrict g, int64_t n, uint8_t *r
             r[i] = ri;
         }
         for (int64_t i = 0; i < len; i++) p[o + i] = pb[i];
-        e4m3_store(m, mc + o, ms + b, block, stochastic, k1, k2, o);
-        e4m3_store(r, rc + o, rs + b, block, stochastic, k3, k4, o);
+        e4m3_store(m, mc + o, ms + b, block, stochastic, k1, k2, base + o);
+        e4m3_store(r, rc + o, rs + b, block, stochastic, k3, k4, base + o);
     }
 }
 
