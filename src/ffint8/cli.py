@@ -310,11 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             line = sys.argv[1:] if argv is None else argv
             if args.resume:
                 given = _given_train_options(args, line)
-                cfg = resume_config(args.resume, args.epochs,
-                                    check=lambda saved: check_resume_options(args, given, saved),
-                                    eval_every=args.eval_every if "eval_every" in given else None,
-                                    threads=args.threads if "threads" in given else None,
-                                    device=args.device if "device" in given else None)
+                changes = {k: getattr(args, k) for k in RESUME_MAY_CHANGE if k in given}
+                cfg = resume_config(args.resume, changes,
+                                    check=lambda saved: check_resume_options(args, given, saved))
                 args.out = args.resume
             else:
                 check_model_options(args, line)

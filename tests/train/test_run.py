@@ -142,3 +142,12 @@ def test_resume_with_another_config_is_refused_and_writes_nothing(tmp_path, one_
     run_training(small_cfg(epochs=2, threads=1, eval_every=2), tmp_path, progress=False,
                  log=lambda s: None, resume=True)
     assert load_checkpoint(tmp_path / "checkpoint.pt")[1].threads == 1
+
+
+def test_resume_config_refuses_a_field_a_resume_may_not_change(tmp_path):
+    from ffint8.train.run import resume_config
+
+    with pytest.raises(ValueError, match="lr"):
+        resume_config(tmp_path, {"epochs": 3, "lr": 0.1})
+    with pytest.raises(CheckpointError, match="no checkpoint.pt"):  # the changes pass; no file
+        resume_config(tmp_path, {"epochs": 3, "threads": None})

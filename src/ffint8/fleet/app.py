@@ -28,7 +28,7 @@ from ffint8.data import Dataset, load_dataset, to_float_images
 from ffint8.devices import flush_denormals
 from ffint8.fleet.config import FleetConfig
 from ffint8.fleet.partition import class_counts, partition_indices
-from ffint8.train.loop import FFTrainer, uses_factored_adam
+from ffint8.train.loop import FFTrainer
 from ffint8.train.run import build_model, kernel_description, save_checkpoint, write_json_atomic
 
 
@@ -121,8 +121,9 @@ def run_federation(grid: Grid, cfg: FleetConfig, log=print) -> dict:
         "clients": cfg.clients, "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
         "partition": cfg.partition, "dataset": data.name, "algo": cfg.train.ff.algo,
         "per_round": rounds, "test_accuracy": rounds[-1]["test_accuracy"],
+        # the clients' trainers are built as the evaluator is: its choice is theirs
         "wall_seconds": time.time() - started, "kernel": kernel_description(
-            cfg.train, factored=uses_factored_adam(cfg.train, cfg.train.model == "mlp")),
+            cfg.train, factored=evaluator.factored),
         "client_class_counts": class_counts(data.train.labels, parts, data.num_classes),
         "config": cfg.train.to_dict(),
         "environment": {"ffint8": __version__, "flwr": flwr.__version__, "torch": torch.__version__,

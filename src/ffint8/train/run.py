@@ -178,27 +178,28 @@ def load_training_checkpoint(path: str | Path) -> tuple[TrainConfig, dict]:
     return cfg, blob
 
 
-def resume_config(run_dir: str | Path, epochs: int | None = None,
+def resume_config(run_dir: str | Path, changes: dict[str, object] | None = None,
                   log: Callable[[str], None] = print,
-                  check: Callable[[TrainConfig], None] | None = None,
-                  eval_every: int | None = None, threads: int | None = None,
-                  device: str | None = None) -> TrainConfig:
-    """The config a run directory was started with, with the fields a resumed run may change
-    (RESUME_MAY_CHANGE: epochs, eval_every, threads, device) replaced where given (not None); where a
-    longer --epochs stretches the learning-rate schedule, log says so. check, if given, sees the
-    run's own config first and may raise."""
+                  check: Callable[[TrainConfig], None] | None = None) -> TrainConfig:
+    """The config a run directory was started with, with `changes` applied: new values of the
+    fields a resumed run may change (RESUME_MAY_CHANGE), None for unchanged. Where a longer
+    epochs stretches the learning-rate schedule, log says so. check, if given, sees the run's
+    own config first and may raise."""
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    if not set(changes) <= set(RESUME_MAY_CHANGE):
+        raise ValueError(f"resume_config: {sorted(set(changes) - set(RESUME_MAY_CHANGE))} may "
+                         f"not change on resume (only {', '.join(RESUME_MAY_CHANGE)})")
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointError(f"--resume {run_dir}: no checkpoint.pt there to resume from")
     cfg, _ = load_training_checkpoint(path)
     if check is not None:
         check(cfg)
+    epochs = changes.get("epochs")
     if epochs is not None and epochs != cfg.epochs and cfg.lr_schedule != "constant":
         log(f"note: --epochs {epochs} replaces the run's {cfg.epochs}: the {cfg.lr_schedule} "
             f"learning-rate schedule now spans {epochs} epochs, so the result differs from a "
             f"run started with --epochs {epochs}")
-    given = {"epochs": epochs, "eval_every": eval_every, "threads": threads, "device": device}
-    changes = {k: v for k, v in given.items() if v is not None}
     return TrainConfig.from_dict({**cfg.to_dict(), **changes}) if changes else cfg
 
 
