@@ -12,8 +12,8 @@ from ffint8.data import load_dataset, to_float_images
 from ffint8.models import create_model
 from ffint8.nn.dense import FFDense
 from ffint8.quant import QTensor, fastsr, int8_mm_scaled, quantize
-from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.adam8 import Adam8
+from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.factored import FactoredAdam, FactoredStep
 from ffint8.train.loop import FFTrainer, make_optimizer
 
