@@ -108,3 +108,22 @@ def test_weight_decay_coupled_or_decoupled(optimizer):
     else:
         assert not isinstance(opt, torch.optim.AdamW)
         torch.testing.assert_close(w.detach(), torch.full((4,), 0.5 - 0.01), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("c_kernel", [True, False], ids=["c-pass", "pieces"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_finds_every_non_finite_value(monkeypatch, c_kernel, dtype):
+    from ffint8.quant import fastsr
+    from ffint8.train import loop
+
+    if not c_kernel:
+        monkeypatch.setattr(fastsr, "absmax", lambda x: None)
+        monkeypatch.setattr(loop, "FINITE_CHUNK", 1000)  # several pieces, the last one short
+    p = torch.randn(70, 53, dtype=dtype) * 1e30  # large but finite: no overflow to inf
+    assert loop.all_finite(p) and loop.all_finite(p.t()) and loop.all_finite(p[:0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for at in (0, 1234, p.numel() - 1):  # the first piece, a middle one, the last value
+            q = p.clone()
+            q.view(-1)[at] = bad
+            assert not loop.all_finite(q), (bad, at)
+            assert not loop.all_finite(q.t())  # not contiguous
