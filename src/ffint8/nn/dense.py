@@ -60,7 +60,9 @@ class FFDense(nn.Module):
     def cache_int8_weight(self, amax: float) -> None:
         """Quantise the weight per tensor now, given its max|W| (FactoredAdam.step_factored
         returns it), and keep the copy for the next forwards: one pass over the weight instead
-        of quantize's two."""
+        of quantize's two. The old copy is let go first, so that where nothing else holds it,
+        the two are never in memory together."""
+        self._w_q_cache = None
         fused = fastsr.quantize_nearest_with_absmax(self.weight.detach(), amax)
         self._w_q_cache = None if fused is None else (self._weight_key(), QTensor(*fused))
 

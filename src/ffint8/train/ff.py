@@ -131,8 +131,9 @@ def gradients_from_records(
     -> (N,) means over the batch for peer normalisation (default: these rows'; data-parallel
     ranks pass the global batch's). factors: on the INT8 path, unit l's weight gradient is not
     formed; its two int8 factors (train/factored.py) go to factors[l] and the weight's .grad is
-    None, for an optimiser that steps from them (FactoredAdam.step_factored, in on_unit). The
-    stochastic rounding draws the same numbers either way."""
+    None, for an optimiser that steps from them (FactoredAdam.step_factored, in on_unit); each
+    record's w_q is then released (set to None) after its last use. The stochastic rounding
+    draws the same numbers either way."""
     n_units = len(units)
     goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
@@ -170,20 +171,28 @@ def gradients_from_records(
         if chain and signals:
             from_later = torch.stack(list(signals.values())).sum(0) * mask
             g_z = g_z + lam * from_later
-        if factors is not None and cfg.int8:
+        factored = factors is not None and cfg.int8
+        if factored:
             factors[l] = _weight_grad_factors(g_z, rec, seeds)
             unit.weight.grad = None
         else:
             unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
         unit.bias.grad = g_z.sum(0)
-        # On the INT8 path the signal passes down through the forward's int8 copy of the weight
-        # (rec.w_q), so unit l may step first and free its gradient before the input gradient's
-        # buffers exist; the float path passes it through the weight itself (rec.w).
-        if on_unit is not None and cfg.int8:
+        # With a float weight gradient on the INT8 path, unit l steps first and frees it before
+        # the input gradient's buffers exist: the signal passes down through the forward's int8
+        # copy of the weight (rec.w_q), not the weight. The float path passes it through the
+        # weight itself (rec.w), so steps after. With factors there is no gradient to free: the
+        # signal passes down first, and the forward's int8 weight is let go (rec.w_q = None)
+        # before the step makes the next one, so two int8 copies of a weight are never alive
+        # together (1.7 MB of the MLP's peak). The rounding draws the same seeds in either order.
+        step_first = on_unit is not None and cfg.int8 and not factored
+        if step_first:
             on_unit(l)
         if chain and l > 0:
             signals = _pass_down(signals, local[l], rec, mask, l, depth, cfg, seeds)
-        if on_unit is not None and not cfg.int8:
+        if factored:
+            rec.w_q = None
+        if on_unit is not None and not step_first:
             on_unit(l)
     return losses.detach()
 
