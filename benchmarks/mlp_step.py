@@ -2,13 +2,15 @@
 
     python benchmarks/mlp_step.py [--batch-sizes 32,128] [--rounds 5] [--limit-train 6400]
                                   [--threads 1] [--algos ff-int8,ff-int8-plain,bp-fp32,bp-gdai8]
+                                  [--optimizer adam|adam8]
 
 Each algorithm's trainer is built with the `ffint8 train` defaults (784-1000-1000, Adam 0.003,
 chain look-ahead) and stands mid-run (lambda 0.2, so the chain's input gradients run, as in every
 epoch after the first). Their epochs alternate, round after round, so machine noise hits all
 alike; the figure is the ratio of medians. ff-int8-plain is ff-int8 forming every weight
 gradient as a float32 tensor for torch.optim.Adam, as before the factored step (train/
-factored.py); the two train to the same weights (bit-equal on x86).
+factored.py); the two train to the same weights (bit-equal on x86). --optimizer adam8 gives the
+FF algorithms adam8 instead (factored and plain alike); the baselines keep Adam.
 Prints ms per step and seconds per epoch for each, and each ratio to bp-fp32.
 """
 
@@ -29,9 +31,11 @@ from ffint8.train.run import build_model, make_trainer
 ALGOS = ("ff-int8", "ff-int8-plain", "bp-fp32", "bp-gdai8", "ff-fp32", "bp-int8", "bp-ui8")
 
 
-def build(name: str, batch_size: int):
+def build(name: str, batch_size: int, optimizer: str = "adam"):
     algo = "ff-int8" if name == "ff-int8-plain" else name
-    cfg = TrainConfig(batch_size=batch_size, seed=0, ff=FFConfig(algo=algo, lambda_start=0.2))
+    opt = optimizer if algo.startswith("ff-") else "adam"  # the baselines keep Adam
+    cfg = TrainConfig(batch_size=batch_size, seed=0, optimizer=opt,
+                      ff=FFConfig(algo=algo, lambda_start=0.2))
     torch.manual_seed(0)
     model = build_model(cfg, 784, 10)
     if name == "ff-int8-plain":
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit-train", type=int, default=6400)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--algos", default="ff-int8,ff-int8-plain,bp-fp32,bp-gdai8")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adam8"),
+                   help="the FF algorithms' optimiser (the backprop baselines keep Adam)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST's directory (default: the "
                    "Debian package's); 'synthetic' for random images")
     args = p.parse_args(argv)
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(x)} images per epoch, {args.threads} thread(s), {args.rounds} rounds, "
           f"epochs alternating; medians")
     for bs in sizes:
-        trainers = {n: build(n, bs) for n in names}
+        trainers = {n: build(n, bs, args.optimizer) for n in names}
         for tr in trainers.values():
             tr.train_epoch(x[: 4 * bs], y[: 4 * bs])  # warm-up
         secs: dict[str, list[float]] = {n: [] for n in names}

@@ -34,3 +34,10 @@ def test_bad_flags_are_one_line_errors():
     assert res.returncode == 2 and "--batch-sizes" in res.stderr
     res = run("--data-dir", "/nonexistent/fashion")
     assert res.returncode != 0 and "/nonexistent/fashion" in res.stderr
+
+
+def test_adam8_for_the_ff_algorithms():
+    res = run("--data-dir", "synthetic", "--limit-train", "64", "--rounds", "1",
+              "--batch-sizes", "32", "--algos", "ff-int8,ff-int8-plain", "--optimizer", "adam8")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"factored / plain ff-int8: [\d.]+", res.stdout)
