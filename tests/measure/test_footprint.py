@@ -64,3 +64,19 @@ def test_bad_names():
         footprint("ff-int8", 4, (3,), 1, optimizer="lion")
     with pytest.raises(ConfigError, match="kept"):
         footprint("ff-int8", 4, (3,), 1, kept="all")
+
+
+def test_factored_gradient_is_one_accumulator_block():
+    # 784-1000-1000: Adam's block (4 MB) holds the whole 1000 x 1000 accumulator; adam8's (1 MB)
+    # 256 of its rows (a multiple of 256 / gcd(1000, 256) = 32) and 320 of the first unit's
+    # (a multiple of 16: 1 MB / 3136 bytes a row = 334 rows)
+    def grads(algo, opt):
+        return footprint(algo, 784, (1000, 1000), 32, optimizer=opt).gradients
+
+    assert grads("ff-int8", "adam") == grads("ff-fp32", "adam") == 1001 * 1000 * 4
+    assert grads("ff-int8", "adam8") == max(256 * 1000, 320 * 784) * 4 + 1000 * 4
+    assert grads("ff-fp32", "adam8") == 1001 * 1000 * 4  # the float path forms g_W
+    assert grads("ff-int8", "sgd") == 1001 * 1000 * 4  # not factored
+    from ffint8.train.adam8 import ADAM8_BLOCK_BYTES, Adam8
+
+    assert Adam8.block_bytes == ADAM8_BLOCK_BYTES  # what the footprint assumes

@@ -4,8 +4,10 @@ Bytes of parameters (float32 master copy), gradients, optimiser state (Adam: 2 f
 parameter; SGD with momentum: 1; adam8: 2 bytes and a float32 scale per 256) and what each
 algorithm keeps between its forward pass and its update, read off the code. Gradients are float32
 for every parameter at once for backprop; FF steps each unit as soon as its gradients are final
-(ffint8.train.loop's per-unit update), so the largest unit's only. (FF-INT8 with Adam forms a
-dense weight's gradient only as an int32 accumulator, ffint8.train.factored: 4 bytes a value too.)
+(ffint8.train.loop's per-unit update), so the largest unit's only. FF-INT8's dense units with
+Adam, AdamW or adam8 form a weight's gradient only as an int32 accumulator, a block of rows at a
+time (ffint8.train.factored, where the C kernel is built): 4 bytes a value, at most 4 MB (Adam)
+or 1 MB (adam8) of it.
 
 - ff-int8 / ff-fp32 (ffint8.train.ff, nn.dense): all units' DenseRecords live until the last
   unit is updated. Per unit, for 2B rows: its input normalised (int8 on the INT8 path, float32
@@ -48,7 +50,9 @@ from ffint8.measure.opcount import ALL_ALGOS, BP_ALGOS, INT8_ALGOS, Dense, mlp_l
 
 F32 = 4
 I8 = 1
+I32 = 4
 # bytes of optimiser state per parameter
+FACTORED_OPTIMIZERS = ("adam", "adamw", "adam8")  # ffint8.train.loop.uses_factored_adam
 OPTIMIZER_STATE = {"adam": 2 * F32, "adamw": 2 * F32, "sgd": F32, "adam8": 2 * (I8 + F32 / 256)}
 
 
@@ -109,14 +113,34 @@ def _check(algo: str, optimizer: str, kept: str) -> None:
         raise ConfigError(f"invalid kept {kept!r}; choose one of: code, minimal")
 
 
+def _factored_gradient(layer: Dense, optimizer: str) -> int:
+    """Bytes of a dense FF-INT8 unit's gradient as the factored step holds it: the int32
+    accumulator of one block of rows, and the float32 bias gradient."""
+    from ffint8.train.adam8 import ADAM8_BLOCK_BYTES, row_multiple
+    from ffint8.train.factored import BLOCK_BYTES, block_rows
+
+    cols = layer.in_features
+    if optimizer == "adam8":
+        rows = block_rows(cols, ADAM8_BLOCK_BYTES, row_multiple(cols))
+    else:
+        rows = block_rows(cols, BLOCK_BYTES)
+    return min(rows, layer.out_features) * cols * I32 + layer.out_features * F32
+
+
 def _footprint(layers: Sequence, algo: str, optimizer: str, activations: int,
                weight_copies: int) -> Footprint:
     """Gradients alive at once: backprop's of every layer; FF's of its largest unit only (the
-    per-unit update)."""
+    per-unit update), dense FF-INT8 units' as the factored step holds them."""
     sizes = [layer.params for layer in layers]
     n_params = sum(sizes)
-    grad_params = n_params if algo in BP_ALGOS else max(sizes)
-    return Footprint(parameters=n_params * F32, gradients=grad_params * F32,
+    if algo in BP_ALGOS:
+        gradients = n_params * F32
+    elif (algo == "ff-int8" and optimizer in FACTORED_OPTIMIZERS
+          and all(isinstance(layer, Dense) for layer in layers)):
+        gradients = max(_factored_gradient(layer, optimizer) for layer in layers)
+    else:
+        gradients = max(sizes) * F32
+    return Footprint(parameters=n_params * F32, gradients=gradients,
                      optimizer=round(n_params * OPTIMIZER_STATE[optimizer]), activations=activations,
                      weight_copies=weight_copies)
 

@@ -45,6 +45,11 @@ from ffint8.train.factored import FactoredStep
 ADAM8_BLOCK_BYTES = 1 << 20
 
 
+def row_multiple(cols: int, block: int = 256) -> int:
+    """step_factored's row blocks start on a block of the state: rows a multiple of this."""
+    return block // math.gcd(cols, block) if cols else 1
+
+
 class Adam8(FactoredStep, torch.optim.Optimizer):
     """Adam with 8-bit moments. step_factored (as FactoredAdam's, train/factored.py) steps an
     FF-INT8 dense weight from the int8 factors of its gradient: an int32 accumulator a block of
@@ -119,8 +124,7 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         None where it set p.grad instead, for step() to apply (the same update)."""
         group = self._group_of(p)
         cols = p.shape[1] if p.dim() == 2 else 0
-        # row blocks start on a block of the state: rows a multiple of block / gcd(cols, block)
-        multiple = self.block // math.gcd(cols, self.block) if cols else 1
+        multiple = row_multiple(cols, self.block)
         if not (self.fused and self.block <= fastsr.MAX_ADAM8_BLOCK
                 and self._factors_fit(p, g_q, a_q)):
             p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)

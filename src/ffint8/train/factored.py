@@ -35,6 +35,12 @@ from ffint8.quant.gemm import MAX_EXACT_K, Kernel
 BLOCK_BYTES = 1 << 22
 
 
+def block_rows(cols: int, block_bytes: int = BLOCK_BYTES, multiple: int = 1) -> int:
+    """Rows of an (N, cols) weight stepped per block: as many as block_bytes of int32
+    accumulator hold, a multiple of `multiple` (at least one multiple)."""
+    return max(multiple, block_bytes // (4 * max(cols, 1)) // multiple * multiple)
+
+
 class FactoredStep:
     """What an optimiser needs to step weights from int8 gradient factors: the accumulator's
     memory, kept from step to step, and the row blocks of one weight's gradient."""
@@ -66,9 +72,7 @@ class FactoredStep:
                 and a_q.scale.dim() == 0 and g_q.q.shape[0] <= MAX_EXACT_K)
 
     def block_rows(self, cols: int, multiple: int = 1) -> int:
-        """Rows of an (N, cols) weight stepped per block: as many as block_bytes of int32
-        accumulator hold, a multiple of `multiple` (at least one multiple)."""
-        return max(multiple, self.block_bytes // (4 * max(cols, 1)) // multiple * multiple)
+        return block_rows(cols, self.block_bytes, multiple)
 
     def _gradient_blocks(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor, multiple: int = 1):
         """(r0, r1, acc) for consecutive row blocks of p: acc the exact int32 gradient of rows
