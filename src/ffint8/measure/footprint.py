@@ -52,7 +52,6 @@ F32 = 4
 I8 = 1
 I32 = 4
 # bytes of optimiser state per parameter
-FACTORED_OPTIMIZERS = ("adam", "adamw", "adam8")  # ffint8.train.loop.uses_factored_adam
 OPTIMIZER_STATE = {"adam": 2 * F32, "adamw": 2 * F32, "sgd": F32, "adam8": 2 * (I8 + F32 / 256)}
 
 
@@ -133,6 +132,8 @@ def _footprint(layers: Sequence, algo: str, optimizer: str, activations: int,
     per-unit update), dense FF-INT8 units' as the factored step holds them."""
     sizes = [layer.params for layer in layers]
     n_params = sum(sizes)
+    from ffint8.train.factored import FACTORED_OPTIMIZERS
+
     if algo in BP_ALGOS:
         gradients = n_params * F32
     elif (algo == "ff-int8" and optimizer in FACTORED_OPTIMIZERS

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ffint8.quant import QTensor, fastsr, int8_mm_scaled
+from ffint8.quant import QTensor, fastsr
 from ffint8.quant.blockwise import (
     E4M3_VALUES,
     FP8,
@@ -123,19 +123,17 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         int8 with 0-d scales. Returns max|p| after the step (NaN if a value is not finite), or
         None where it set p.grad instead, for step() to apply (the same update)."""
         group = self._group_of(p)
-        cols = p.shape[1] if p.dim() == 2 else 0
-        multiple = row_multiple(cols, self.block)
         if not (self.fused and self.block <= fastsr.MAX_ADAM8_BLOCK
                 and self._factors_fit(p, g_q, a_q)):
-            p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
-            return None
+            return self._form_gradient(p, g_q, a_q)
+        cols = p.shape[1]
         state = self.state[p]
         if not state:
             state.update(self._init_state(p))
         state["step"] += 1
         b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, int(state["step"]))
         g_scale = float(g_q.scale * a_q.scale)  # as the plain path scales: one float32 product
-        for r0, r1, acc in self._gradient_blocks(p, g_q, a_q, multiple):
+        for r0, r1, acc in self._gradient_blocks(p, g_q, a_q, row_multiple(cols, self.block)):
             if not fastsr.adam8_step(p[r0:r1], acc, state, self.block, E4M3_VALUES, b1, b2,
                                      step_size, root_c2, eps, wd, keys, g_scale=g_scale,
                                      start=r0 * cols):

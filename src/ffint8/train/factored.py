@@ -33,6 +33,8 @@ from ffint8.quant.gemm import MAX_EXACT_K, Kernel
 # of session 11, 1000 x 1000 in blocks of 128 rows took 2.2 ms, in one block 1.4 ms. So a block
 # is as large as this bound allows, which only caps the accumulator's memory.
 BLOCK_BYTES = 1 << 22
+# the optimisers that step FF-INT8 dense weights from factors: FactoredAdam (adam, adamw), Adam8
+FACTORED_OPTIMIZERS = ("adam", "adamw", "adam8")
 
 
 def block_rows(cols: int, block_bytes: int = BLOCK_BYTES, multiple: int = 1) -> int:
@@ -70,6 +72,10 @@ class FactoredStep:
         return (fastsr.available() and p.device.type == "cpu" and p.dtype == torch.float32
                 and p.dim() == 2 and p.is_contiguous() and g_q.scale.dim() == 0
                 and a_q.scale.dim() == 0 and g_q.q.shape[0] <= MAX_EXACT_K)
+
+    def _form_gradient(self, p: torch.Tensor, g_q: QTensor, a_q: QTensor) -> None:
+        """The fallback: p.grad formed as the plain path forms it, for step() to apply."""
+        p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
 
     def block_rows(self, cols: int, multiple: int = 1) -> int:
         return block_rows(cols, self.block_bytes, multiple)
@@ -111,8 +117,7 @@ class FactoredAdam(FactoredStep, torch.optim.Adam):
         finite), or None where it set p.grad instead, for step() to apply."""
         group = self._group_of(p)
         if not self._fits(p, g_q, a_q, group):
-            p.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, self.kernel)
-            return None
+            return self._form_gradient(p, g_q, a_q)
         state = self.state[p]
         if not state:  # as torch.optim.Adam initialises a fused parameter's state
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)

@@ -162,6 +162,7 @@ def gradients_from_records(
         local.append(g_z)
 
     depth = n_units if cfg.chain_depth is None else cfg.chain_depth
+    factored = factors is not None and cfg.int8
     # Chain: signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l
     # (signals[0]: the sum of those that reach every unit).
     signals: dict[int, torch.Tensor] = {}
@@ -171,7 +172,6 @@ def gradients_from_records(
         if chain and signals:
             from_later = torch.stack(list(signals.values())).sum(0) * mask
             g_z = g_z + lam * from_later
-        factored = factors is not None and cfg.int8
         if factored:
             factors[l] = _weight_grad_factors(g_z, rec, seeds)
             unit.weight.grad = None

@@ -25,7 +25,7 @@ from ffint8.nn.dense import FFDense
 from ffint8.quant import QTensor, fastsr
 from ffint8.train import ff_units
 from ffint8.train.config import TrainConfig, scored_units
-from ffint8.train.factored import FactoredAdam
+from ffint8.train.factored import FACTORED_OPTIMIZERS, FactoredAdam
 from ffint8.train.ff import (
     SeedStream,
     ff_gradients,
@@ -97,7 +97,9 @@ def accuracy(predict, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> floa
     return correct / x.shape[0]
 
 
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig, factored: bool = False) -> torch.optim.Optimizer:
+    """cfg's optimiser; factored (uses_factored_adam): Adam and AdamW as FactoredAdam (adam8
+    steps from factors itself)."""
     params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -108,6 +110,9 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
                      kernel=cfg.ff.int8_kernel)
     # adamw: weight decay decoupled from the gradient (p *= 1 - lr * wd), not Adam's L2 term,
     # which Adam's normalisation turns into a full-size step for weights with small gradients.
+    if factored:
+        return FactoredAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            decoupled=cfg.optimizer == "adamw", kernel=cfg.ff.int8_kernel)
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel over all parameters, several times faster than the for-each loop at
     # FF's small batches, where the optimiser weighs as much as the GEMMs.
@@ -122,7 +127,7 @@ def uses_factored_adam(cfg: TrainConfig, dense: bool, device: torch.device | str
     """Whether FFTrainer steps dense FF-INT8 weights from their int8 gradient factors
     (train/factored.py): Adam, AdamW or adam8, on the CPU with the C kernel built, one process."""
     return (dense and cfg.ff.int8 and not parallel
-            and cfg.optimizer in ("adam", "adamw", "adam8")
+            and cfg.optimizer in FACTORED_OPTIMIZERS
             and torch.device(device).type == "cpu" and fastsr.available())
 
 
@@ -166,13 +171,7 @@ class FFTrainer:
         # gradient (train/factored.py); biases, readout and every other case step as usual.
         self.factored = self.factored_adam and uses_factored_adam(
             self.cfg, self.dense, self.device, parallel=self.parallel is not None)
-        if self.factored and self.cfg.optimizer != "adam8":  # Adam8 has step_factored itself
-            self.optimizer = FactoredAdam(self.model.parameters(), lr=self.cfg.lr,
-                                          weight_decay=self.cfg.weight_decay,
-                                          decoupled=self.cfg.optimizer == "adamw",
-                                          kernel=self.cfg.ff.int8_kernel)
-        else:
-            self.optimizer = make_optimizer(self.model.parameters(), self.cfg)
+        self.optimizer = make_optimizer(self.model.parameters(), self.cfg, self.factored)
         # Units step one at a time, as soon as their gradients are final, so only one unit's
         # gradients are alive (the same update: the optimisers here are elementwise).
         # Data-parallel training averages all gradients first, so it steps them together.
