@@ -61,8 +61,9 @@ def speed(args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         for algo, tr in trainers.items():
             times[algo].append(tr.train_epoch(x, y)[1])
-        print(f"round {r + 1}: ff-int8 {times['ff-int8'][-1]:.2f}s  ff-fp32 "
-              f"{times['ff-fp32'][-1]:.2f}s  ratio {times['ff-int8'][-1] / times['ff-fp32'][-1]:.3f}",
+        # three decimals: the ratio must follow from the printed times even for short epochs
+        print(f"round {r + 1}: ff-int8 {times['ff-int8'][-1]:.3f}s  ff-fp32 "
+              f"{times['ff-fp32'][-1]:.3f}s  ratio {times['ff-int8'][-1] / times['ff-fp32'][-1]:.3f}",
               flush=True)
     i8, f32 = statistics.median(times["ff-int8"]), statistics.median(times["ff-fp32"])
     # and the median of each round's ratio: load that changes between rounds cancels within one
