@@ -19,6 +19,7 @@ from ffint8.measure.opcount import (
     step_ops,
 )
 from ffint8.models import create_model
+from ffint8.quant import fastsr
 from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.ff import SeedStream, ff_gradients
 from ffint8.train.loop import FFTrainer
@@ -154,6 +155,9 @@ def test_counts_match_what_ff_gradients_runs(monkeypatch, algo, look, depth):
 
     for mod in (ff_mod, dense_mod):
         monkeypatch.setattr(mod, "quantize", counting(mod.quantize))
+    # the fused C step (FFDense.forward_fused, fastsr.ff_unit_grad) quantises through these
+    for name in ("normalize_quantize", "quantize_stochastic_with_absmax"):
+        monkeypatch.setattr(fastsr, name, counting(getattr(fastsr, name)))
     x, t = torch.randn(10, 20), torch.cat([torch.ones(5), torch.zeros(5)])
     trace = GemmTrace()
     with trace:

@@ -162,6 +162,70 @@ def test_state_dict_continues_in_plain_adam():
         torch.testing.assert_close(a, c, rtol=3e-7, atol=1e-12)
 
 
+# ---- step_direct: a float gradient (a bias) through the same kernel ----
+
+def direct_pair(n, wd=0.0, decoupled=False, amsgrad=False):
+    gen = torch.Generator().manual_seed(n)
+    p0 = torch.randn(n, generator=gen) * 0.05
+    a, b = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    fa = FactoredAdam([a], lr=3e-3, weight_decay=wd, decoupled=decoupled)
+    fa.param_groups[0]["amsgrad"] = amsgrad
+    ref = torch.optim.Adam([b], lr=3e-3, weight_decay=wd, fused=True,
+                           decoupled_weight_decay=decoupled)
+    return a, fa, b, ref, gen
+
+
+@needs_lib
+@pytest.mark.parametrize("n", [1000, 64, 37])
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (1e-3, False), (1e-2, True)])
+def test_step_direct_same_as_fused_adam(n, wd, decoupled):
+    """As step() would: bit-equal on x86 where n is a whole number of vectors (PyTorch's scalar
+    tail, n = 37, may differ in the last place)."""
+    a, fa, b, ref, gen = direct_pair(n, wd, decoupled)
+    for _ in range(5):
+        g = torch.randn(n, generator=gen) * 1e-2
+        a.grad, b.grad = g.clone(), g.clone()
+        assert fa.step_direct([a])
+        ref.step()
+        assert torch.equal(a.grad, g)  # left for zero_grad
+        assert_same_state(a, fa, b, ref, exact=X86 and n % 16 == 0)
+    assert not torch.equal(a, b.new_zeros(n)) and float(fa.state[a]["step"]) == 5
+
+
+@needs_lib
+@pytest.mark.parametrize("case", ["float64", "amsgrad", "no grad", "sparse", "hook"])
+def test_step_direct_refuses_what_its_kernel_cannot_do(case):
+    """False, with nothing stepped (no state, the weight as it was), where step() must do it
+    (a step hook: step() runs it)."""
+    a, fa, *_ = direct_pair(16, amsgrad=case == "amsgrad")
+    if case == "hook":
+        fa.register_step_post_hook(lambda *args: None)
+    other = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64 if case == "float64" else None))
+    fa.add_param_group({"params": [other]})
+    a.grad = torch.ones(16)
+    other.grad = (torch.ones(4).to_sparse() if case == "sparse" else
+                  None if case == "no grad" else torch.ones_like(other))
+    before = a.detach().clone()
+    assert not fa.step_direct([a, other])
+    assert not fa.state and torch.equal(a, before)
+
+
+@needs_lib
+def test_trainer_steps_biases_without_optimizer_step(data, monkeypatch):
+    """With FactoredAdam the per-unit update never calls torch.optim's step (its machinery cost
+    more than the update); without the C kernel it does. (A spy on the instance: patching the
+    class would outlive the test in the wrapper torch.optim binds to each class.)"""
+    x, y = data
+    for available, expect_calls in ((True, False), (False, True)):
+        monkeypatch.setattr(fastsr, "available", lambda a=available: a)
+        tr, calls = mlp_trainer(), []
+        step = tr.optimizer.step
+        tr.optimizer.step = lambda *args, c=calls, s=step: c.append(1) or s(*args)
+        tr.train_epoch(x[:64], y[:64])
+        assert bool(calls) == expect_calls
+        assert all(float(s["step"]) == 2 for s in tr.optimizer.state.values())
+
+
 # ---- the weight's int8 copy (FFDense.cache_int8_weight) ----
 
 @needs_lib

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import FFDense
+from ffint8.quant import fastsr
 from ffint8.train.config import FFConfig
 from ffint8.train.ff import SeedStream, ff_gradients
 
@@ -129,3 +130,41 @@ def test_int8_weight_gradient_snr(look_ahead, channel):
                                          weight_channel=channel), lam, SeedStream(0))
     for l, (uf, uq) in enumerate(zip(units_f, units_q)):
         assert snr_db(uq.weight.grad, uf.weight.grad) >= 20.0, f"unit {l}"
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+@pytest.mark.parametrize("look_ahead,depth,norm,goodness,peer", [
+    ("none", None, "rms", "mean", 0.03), ("collab", None, "l2", "sum", 0.0),
+    ("chain", None, "rms", "mean", 0.03), ("chain", 5, "rms", "sum", 0.0),
+    ("chain", 1, "rms", "mean", 0.03),
+])
+def test_fused_int8_step_matches_the_pytorch_path(monkeypatch, look_ahead, depth, norm,
+                                                   goodness, peer):
+    """The fused C step (FFDense.forward_fused, fastsr.ff_unit_grad, fastsr.input_grad) gives the
+    PyTorch path's losses and gradients. The same seeds draw the same rounding noise; only the
+    order of row sums differs, which moves a rare rounding by one step. A chain depth below the
+    network's keeps the PyTorch path (its later losses travel as separate signals)."""
+    torch.manual_seed(5)
+    sizes = [784, 200, 120, 64]
+    cfg = FFConfig(algo="ff-int8", look_ahead=look_ahead, chain_depth=depth, norm=norm,
+                   goodness=goodness, peer_weight=peer)
+    units = [[FFDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])] for _ in range(2)]
+    for a, b in zip(*units):
+        with torch.no_grad():
+            a.weight.mul_(4.0)
+        b.load_state_dict(a.state_dict())
+    x = torch.rand(64, sizes[0])
+    t = torch.cat([torch.ones(32), torch.zeros(32)])
+    calls = []
+    real = fastsr.ff_unit_grad
+    monkeypatch.setattr(fastsr, "ff_unit_grad", lambda *a: calls.append(1) or real(*a))
+    fused = ff_gradients(units[0], x, t, cfg, 0.3, SeedStream(9))
+    assert len(calls) == (0 if depth == 1 else 3)
+    monkeypatch.setattr(FFDense, "forward_fused", lambda *a, **k: None)
+    plain = ff_gradients(units[1], x, t, cfg, 0.3, SeedStream(9))
+    assert len(calls) == (0 if depth == 1 else 3)  # not called again
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-6)
+    for l, (a, b) in enumerate(zip(*units)):
+        for name in ("weight", "bias"):
+            ga, gb = getattr(a, name).grad, getattr(b, name).grad
+            assert (ga - gb).norm() <= 1e-3 * gb.norm(), f"unit {l} {name}"

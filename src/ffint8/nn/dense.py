@@ -16,7 +16,7 @@ from torch import nn
 from ffint8.data.labels import embed_label
 from ffint8.nn import functional as FF
 from ffint8.quant import QTensor, fastsr, int8_mm, int8_mm_scaled, quantize
-from ffint8.quant.gemm import FLOAT_EXACT_K
+from ffint8.quant.gemm import FLOAT_EXACT_K, MAX_EXACT_K
 
 
 @dataclass
@@ -30,6 +30,10 @@ class DenseRecord:
     a_q: QTensor | None  # (B, D) int8 normalised input and its scale (INT8 path only)
     w_q: QTensor | None  # (N, D) int8 weight as used in the forward (INT8 path only)
     y: torch.Tensor  # (B, N) ReLU output; zero where z <= 0, so it carries the ReLU mask
+    # the fused INT8 training forward's by-products (else None): each row's sum of y^2 (B,),
+    # each column's sum of y (N,), for the goodness and peer normalisation's batch means
+    sumsq: torch.Tensor | None = None
+    colsum: torch.Tensor | None = None
 
 
 class FFDense(nn.Module):
@@ -88,8 +92,13 @@ class FFDense(nn.Module):
         int8: quantise the normalised input (stochastic rounding keyed by `seed`, one scale for
         the batch; when seed is None, as at inference, round to nearest with one scale per row)
         and the weight (round to nearest, per tensor, or per output unit when weight_channel),
-        and multiply in int8 with int32 accumulation.
+        and multiply in int8 with int32 accumulation. Training with per-tensor scales runs the
+        fused C kernels (forward_fused) where they are built.
         """
+        if int8 and seed is not None and not weight_channel:
+            rec = self.forward_fused(h, norm, seed, kernel)
+            if rec is not None:
+                return rec
         a, r = FF.normalize(h, norm)
         w = self.weight.detach()
         b = self.bias.detach()
@@ -105,6 +114,28 @@ class FFDense(nn.Module):
         z = int8_mm_scaled(a_q.q, a_q.scale, w_q.q.t(), w_scale, kernel)  # (B, N) float32
         y = z.add_(b).relu_()
         return DenseRecord(h, r, None, None, a_q, w_q, y)
+
+    def forward_fused(self, h: torch.Tensor, norm: FF.Norm, seed: int,
+                      kernel: str = "auto") -> DenseRecord | None:
+        """forward_record's INT8 training forward (per-tensor scales) in two C calls around the
+        GEMM: normalise and quantise h without forming the normalised tensor, then scale, add
+        the bias and apply the ReLU in one pass that also sums each row's y^2 and each column's
+        y (the record's sumsq and colsum). The same values as the PyTorch path but for the row
+        norms' summation order. None where the C kernels do not fit (the caller then takes
+        that path)."""
+        h = h.detach()
+        fused = (fastsr.normalize_quantize(h, norm == "l2", FF.EPS, seed)
+                 if h.dim() == 2 and h.shape[1] <= MAX_EXACT_K else None)
+        if fused is None:
+            return None
+        r, q, scale = fused
+        w_q = self.int8_weight()
+        acc = int8_mm(q, w_q.q.t(), kernel)  # (B, N) int32, exact
+        out = fastsr.dense_epilogue(acc, scale, w_q.scale, self.bias.detach())
+        if out is None:  # acc is int64 (K past MAX_EXACT_K): not this kernel's
+            return None
+        y, sumsq, colsum = out
+        return DenseRecord(h, r, None, None, QTensor(q, scale), w_q, y, sumsq, colsum)
 
     @torch.no_grad()
     def forward_each_label(

@@ -126,4 +126,10 @@ def peer_loss_grad(y: torch.Tensor, weight: float, m: torch.Tensor | None = None
     global batch's means, a rank's rows get its share of the global batch's gradient times
     B_global / B."""
     m = y.mean(dim=0) if m is None else m
-    return (2.0 * weight / (y.shape[0] * m.numel())) * (m - m.mean()).expand_as(y)
+    return peer_grad_col(m, weight, y.shape[0]).expand_as(y)
+
+
+def peer_grad_col(m: torch.Tensor, weight: float, rows: int) -> torch.Tensor:
+    """peer_loss_grad's one row (N,), the same on every row: from the batch means m (N,) of a
+    batch of `rows` rows."""
+    return (2.0 * weight / (rows * m.numel())) * (m - m.mean())

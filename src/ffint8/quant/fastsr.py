@@ -109,10 +109,22 @@ def _library() -> ctypes.CDLL | None:
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64]
     lib.ffq_adam_i32.restype = ctypes.c_float
     lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
+    lib.ffq_adam_f32.restype = ctypes.c_float
+    lib.ffq_adam_f32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f]
     lib.ffq_transpose_u8.restype = None
     lib.ffq_transpose_u8.argtypes = [ptr, ptr, i64, i64, i64]
     lib.ffq_dw_weight_i8.restype = ctypes.c_int
     lib.ffq_dw_weight_i8.argtypes = [ptr, ptr, ptr] + [i64] * 12
+    lib.ffq_row_norms.restype = ctypes.c_float
+    lib.ffq_row_norms.argtypes = [ptr, i64, i64, ctypes.c_int, f, ptr]
+    lib.ffq_quantize_rows_div_sr.restype = None
+    lib.ffq_quantize_rows_div_sr.argtypes = [ptr, ptr, ptr, i64, i64, f, f, u32, u32]
+    lib.ffq_dense_epilogue.restype = None
+    lib.ffq_dense_epilogue.argtypes = [ptr, i64, i64, f, f, ptr, ptr, ptr, ptr]
+    lib.ffq_ff_unit_grad.restype = ctypes.c_float
+    lib.ffq_ff_unit_grad.argtypes = [ptr, i64, i64, ptr, ptr, ptr, f, ptr, ptr, ptr, ptr]
+    lib.ffq_input_grad.restype = None
+    lib.ffq_input_grad.argtypes = [ptr, i64, i64, f, f, ptr, ptr, f, f, ptr]
     return lib
 
 
@@ -167,13 +179,26 @@ def quantize_nearest_with_absmax(x: torch.Tensor, amax: float
     return None if lib is None else _quantize_with_absmax(lib, x, amax, None)
 
 
+def quantize_stochastic_with_absmax(x: torch.Tensor, amax: float, seed: int
+                                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """quantize_per_tensor(x, seed) for an x whose max|x| (as ffq_absmax gives it) the caller
+    already has, as ff_unit_grad returns it."""
+    lib = _usable(x)
+    return None if lib is None else _quantize_with_absmax(lib, x, amax, seed)
+
+
+def _scale_of(amax: float) -> float:
+    """The per-tensor scale for max|x| = amax: amax / 127, 1 for an all-zero x, NaN for NaN."""
+    if amax == 0:
+        return 1.0
+    # NaN stays NaN; the floor keeps 1 / scale finite in float32 (as absmax_scale does)
+    return max(amax / 127.0, _TINY) if amax == amax else amax
+
+
 def _quantize_with_absmax(lib: ctypes.CDLL, x: torch.Tensor, amax: float,
                           seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     n = x.numel()
-    if amax == 0:
-        scale = 1.0
-    else:  # NaN stays NaN; the floor keeps 1 / scale finite in float32 (as absmax_scale does)
-        scale = max(amax / 127.0, _TINY) if amax == amax else amax
+    scale = _scale_of(amax)
     q = torch.empty(x.shape, dtype=torch.int8)
     if scale != scale:  # NaN: nothing meaningful to round
         q.zero_()
@@ -291,6 +316,27 @@ def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table:
     return True
 
 
+def _adam_constants(lr: float, b1: float, b2: float, step: float, wd: float,
+                    decoupled: bool) -> tuple[float, ...]:
+    """(w1, b2, w2, neg_step, root_c2) and (l2, decay) as PyTorch's fused kernel forms them: in
+    double, then rounded to float32 (by ctypes)."""
+    step_size = lr / (1 - b1**step)
+    root_c2 = math.sqrt(1 - b2**step)
+    l2 = 0.0 if decoupled else wd
+    decay = 1 - lr * wd if decoupled and wd != 0 else 1.0
+    return (1 - b1, b2, 1 - b2, -step_size, root_c2), (l2, decay)
+
+
+def _adam_fits(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+               dtype: torch.dtype) -> ctypes.CDLL | None:
+    lib = _usable(p)
+    if (lib is None or _usable(m) is None or _usable(v) is None or g.dtype != dtype
+            or g.device.type != "cpu" or not g.is_contiguous()
+            or not p.numel() == m.numel() == v.numel() == g.numel()):
+        return None
+    return lib
+
+
 def adam_int32(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, acc: torch.Tensor,
                g_scale: float, lr: float, b1: float, b2: float, step: float, eps: float,
                wd: float, decoupled: bool, amax: float = 0.0) -> float | None:
@@ -299,16 +345,109 @@ def adam_int32(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, acc: torch.Ten
     pass (csrc/fastquant.c, ffq_adam_i32). step: the step count after this step. Returns
     max(amax, max|p| after the step), NaN once a value is NaN or Inf; None (nothing done) where
     the C kernel is unavailable or a tensor does not fit."""
-    lib = _usable(p)
-    if (lib is None or _usable(m) is None or _usable(v) is None or acc.dtype != torch.int32
-            or acc.device.type != "cpu" or not acc.is_contiguous()
-            or not p.numel() == m.numel() == v.numel() == acc.numel()):
+    lib = _adam_fits(p, m, v, acc, torch.int32)
+    if lib is None:
         return None
-    # the constants as PyTorch's fused kernel forms them: in double, then rounded to float32
-    step_size = lr / (1 - b1**step)
-    root_c2 = math.sqrt(1 - b2**step)
-    l2 = 0.0 if decoupled else wd
-    decay = 1 - lr * wd if decoupled and wd != 0 else 1.0
+    moments, (l2, decay) = _adam_constants(lr, b1, b2, step, wd, decoupled)
     return lib.ffq_adam_i32(p.data_ptr(), m.data_ptr(), v.data_ptr(), acc.data_ptr(), p.numel(),
-                            g_scale, 1 - b1, b2, 1 - b2, -step_size, root_c2, eps, l2, decay,
-                            amax)
+                            g_scale, *moments, eps, l2, decay, amax)
+
+
+def adam_float(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lr: float,
+               b1: float, b2: float, step: float, eps: float, wd: float, decoupled: bool
+               ) -> float | None:
+    """adam_int32 for a float32 gradient g of p's size (ffq_adam_f32): the same step, the same
+    operations. Returns max|p| after the step, or None (nothing done) where it does not fit."""
+    lib = _adam_fits(p, m, v, g, torch.float32)
+    if lib is None:
+        return None
+    moments, (l2, decay) = _adam_constants(lr, b1, b2, step, wd, decoupled)
+    return lib.ffq_adam_f32(p.data_ptr(), m.data_ptr(), v.data_ptr(), g.data_ptr(), p.numel(),
+                            *moments, eps, l2, decay, 0.0)
+
+
+# ---- the FF-INT8 dense unit's step, fused (csrc/fastquant.c; ffint8.nn.dense, ffint8.train.ff).
+# Each returns None where the C kernel is unavailable or an operand does not fit; the caller then
+# takes the PyTorch path, which computes the same values (row and column sums in another order).
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _all_usable(*xs: torch.Tensor | None) -> ctypes.CDLL | None:
+    libs = [_usable(x) for x in xs if x is not None]
+    return None if not libs or any(lib is None for lib in libs) else libs[0]
+
+
+def normalize_quantize(h: torch.Tensor, l2: bool, eps: float, seed: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """ffint8.nn.functional.normalize of h (B, D), then quantize_per_tensor(a, seed) of the
+    result, without forming a: (r (B, 1), q (B, D) int8, scale 0-d float32)."""
+    lib = _usable(h)
+    if lib is None or h.dim() != 2:
+        return None
+    rows, cols = h.shape
+    r = torch.empty(rows, 1)
+    amax = lib.ffq_row_norms(h.data_ptr(), rows, cols, int(l2), eps, r.data_ptr()) if rows else 0.0
+    scale = _scale_of(amax)
+    q = torch.empty(rows, cols, dtype=torch.int8)
+    if scale != scale:
+        q.zero_()
+    elif h.numel():
+        key = mix64(seed)
+        lib.ffq_quantize_rows_div_sr(h.data_ptr(), r.data_ptr(), q.data_ptr(), rows, cols, eps,
+                                     1.0 / scale, key & _MASK32, key >> 32)
+    return r, q, torch.tensor(scale, dtype=torch.float32)
+
+
+def dense_epilogue(acc: torch.Tensor, a_scale: torch.Tensor, w_scale: torch.Tensor,
+                   bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """y = relu(acc * (a_scale * w_scale) + bias) for the int32 accumulator acc (B, N) and 0-d
+    scales, with each row's sum of y^2 (B,) and each column's sum of y (N,)."""
+    lib = _usable(bias)
+    if (lib is None or acc.dtype != torch.int32 or acc.device.type != "cpu"
+            or not acc.is_contiguous() or acc.dim() != 2 or bias.shape != acc.shape[1:]
+            or a_scale.dim() != 0 or w_scale.dim() != 0):
+        return None
+    rows, cols = acc.shape
+    y, sumsq, colsum = torch.empty(rows, cols), torch.empty(rows), torch.empty(cols)
+    lib.ffq_dense_epilogue(acc.data_ptr(), rows, cols, float(a_scale), float(w_scale),
+                           bias.data_ptr(), y.data_ptr(), sumsq.data_ptr(), colsum.data_ptr())
+    return y, sumsq, colsum
+
+
+def ff_unit_grad(y: torch.Tensor, crow: torch.Tensor, pcol: torch.Tensor | None,
+                 sig: torch.Tensor | None, lam: float, down: bool):
+    """A dense unit's dL/dz from its ReLU output y (B, N): gz = crow[:, None] * y + mask * pcol
+    + lam * mask * sig, mask = y > 0 (pcol (N,) and sig (B, N) optional), and, if down, what
+    passes on to the unit below, mask * sig + (gz's first two terms). Returns (gz, max|gz|,
+    down or None, its max|.|, the column sums of gz (N,)), or None."""
+    lib = _all_usable(y, crow, pcol, sig)
+    if (lib is None or y.dim() != 2 or crow.shape != y.shape[:1]
+            or (pcol is not None and pcol.shape != y.shape[1:])
+            or (sig is not None and sig.shape != y.shape)):
+        return None
+    rows, cols = y.shape
+    gz, bias = torch.empty(rows, cols), torch.empty(cols)
+    out = torch.empty(rows, cols) if down else None
+    amax_down = ctypes.c_float(0.0)
+    amax = lib.ffq_ff_unit_grad(y.data_ptr(), rows, cols, crow.data_ptr(), _ptr(pcol), _ptr(sig),
+                                lam, gz.data_ptr(), _ptr(out), bias.data_ptr(),
+                                ctypes.addressof(amax_down))
+    return gz, amax, out, amax_down.value, bias
+
+
+def input_grad(acc: torch.Tensor, s_scale: torch.Tensor, w_scale: torch.Tensor, h: torch.Tensor,
+               r: torch.Tensor, m: int, eps: float) -> torch.Tensor | None:
+    """ffint8.nn.functional.normalize_backward(acc * (s_scale * w_scale), h, r) for the int32
+    accumulator acc (B, D) of dL/da, h (B, D) the unit's input and r (B, 1) its norm; m = D
+    for rms, 1 for l2."""
+    lib = _all_usable(h, r)
+    if (lib is None or acc.dtype != torch.int32 or acc.device.type != "cpu"
+            or not acc.is_contiguous() or acc.shape != h.shape or h.dim() != 2
+            or r.numel() != h.shape[0] or s_scale.dim() != 0 or w_scale.dim() != 0):
+        return None
+    out = torch.empty(h.shape)
+    lib.ffq_input_grad(acc.data_ptr(), h.shape[0], h.shape[1], float(s_scale), float(w_scale),
+                       h.data_ptr(), r.data_ptr(), float(m), eps, out.data_ptr())
+    return out

@@ -18,7 +18,7 @@ import torch
 
 from ffint8.nn import functional as FF
 from ffint8.nn.dense import DenseRecord, FFDense
-from ffint8.quant import QTensor, int8_mm_scaled, quantize
+from ffint8.quant import QTensor, fastsr, int8_mm, int8_mm_scaled, quantize
 from ffint8.quant.fastsr import mix64
 from ffint8.train.config import FFConfig
 
@@ -65,16 +65,6 @@ def _weight_grad_factors(g_z: torch.Tensor, rec: DenseRecord,
     """The INT8 path's g_W = g_q^T a_q as its two int8 factors: g_z stochastically rounded, and
     the unit's quantised input."""
     return quantize(g_z, "stochastic", seed=seeds.next()), rec.a_q
-
-
-def _weight_grad(
-    g_z: torch.Tensor, rec: DenseRecord, cfg: FFConfig, seeds: SeedStream
-) -> torch.Tensor:
-    """g_W = g_z^T a: (N, B) @ (B, D) -> (N, D); int8 x int8 on the INT8 path."""
-    if not cfg.int8:
-        return g_z.t() @ rec.a
-    g_q, a_q = _weight_grad_factors(g_z, rec, seeds)
-    return int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale, cfg.int8_kernel)
 
 
 def _input_grad(
@@ -135,7 +125,13 @@ def gradients_from_records(
     record's w_q is then released (set to None) after its last use. The stochastic rounding
     draws the same numbers either way."""
     n_units = len(units)
-    goods = [FF.goodness(r.y, cfg.goodness) for r in records]  # L x (B,)
+    chain = cfg.look_ahead == "chain" and lam != 0.0
+    depth = n_units if cfg.chain_depth is None else cfg.chain_depth
+    # The fused C path (FFDense.forward_fused made every record): each unit's dL/dz, bias
+    # gradient and signal down in one pass (fastsr.ff_unit_grad). The chain's later losses must
+    # then travel as one summed signal, as they do without a depth limit below the network's.
+    fused = cfg.int8 and all(r.sumsq is not None for r in records) and depth >= n_units
+    goods = [_goodness(r, cfg.goodness) for r in records]  # L x (B,)
     g_eff = goods
     if cfg.look_ahead == "collab" and lam != 0.0:
         total = torch.stack(goods).sum(0)
@@ -145,39 +141,58 @@ def gradients_from_records(
     losses = torch.stack([FF.unit_loss(g, t, cfg.loss, cfg.theta, cfg.symba_alpha) for g in g_eff])
     means = [None] * n_units
     if cfg.peer_weight:
-        means = [(batch_mean or (lambda y: y.mean(dim=0)))(r.y) for r in records]
+        means = [batch_mean(r.y) if batch_mean is not None else
+                 r.y.mean(dim=0) if r.colsum is None else r.colsum / r.y.shape[0]
+                 for r in records]
         losses = losses + torch.stack([FF.peer_loss(r.y, cfg.peer_weight, m)
                                        for r, m in zip(records, means)])
-    chain = cfg.look_ahead == "chain" and lam != 0.0
-    # ReLU masks (y > 0), made once per unit where the peer term or the chain needs them
-    masks = [r.y > 0 for r in records] if (cfg.peer_weight or chain) else [None] * n_units
-    # Local dL_l/dz_l, with the mean over the batch folded in: (B, N) each.
-    local = []
-    for rec, g, m, mask in zip(records, g_eff, means, masks):
+    # Local dL_l/dz_l, with the mean over the batch folded in, as its two parts: crow (B,)
+    # times y, plus pcol (N,) where y > 0 (peer normalisation; None without it).
+    parts = []
+    for rec, g, m in zip(records, g_eff, means):
         d_g = FF.unit_loss_grad(g, t, cfg.loss, cfg.theta, cfg.symba_alpha)
-        factor = FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
-        g_z = (d_g * factor).unsqueeze(1) * rec.y
-        if cfg.peer_weight:
-            g_z = g_z + FF.peer_loss_grad(rec.y, cfg.peer_weight, m) * mask
-        local.append(g_z)
+        crow = d_g * FF.goodness_grad_factor(cfg.goodness, rec.y.shape[1])
+        pcol = FF.peer_grad_col(m, cfg.peer_weight, rec.y.shape[0]) if cfg.peer_weight else None
+        parts.append((crow, pcol))
+    if not fused:
+        # ReLU masks (y > 0), made once per unit where the peer term or the chain needs them
+        masks = [r.y > 0 for r in records] if (cfg.peer_weight or chain) else [None] * n_units
+        local = []  # (B, N) each
+        for rec, (crow, pcol), mask in zip(records, parts, masks):
+            g_z = crow.unsqueeze(1) * rec.y
+            if pcol is not None:
+                g_z = g_z + pcol.expand_as(rec.y) * mask
+            local.append(g_z)
 
-    depth = n_units if cfg.chain_depth is None else cfg.chain_depth
     factored = factors is not None and cfg.int8
     # Chain: signals[j] = dL_j / dy_l for the later units j whose loss still reaches unit l
     # (signals[0]: the sum of those that reach every unit).
     signals: dict[int, torch.Tensor] = {}
     for l in range(n_units - 1, -1, -1):
-        rec, unit, mask = records[l], units[l], masks[l]
-        g_z = local[l]
-        if chain and signals:
-            from_later = torch.stack(list(signals.values())).sum(0) * mask
-            g_z = g_z + lam * from_later
-        if factored:
-            factors[l] = _weight_grad_factors(g_z, rec, seeds)
-            unit.weight.grad = None
+        rec, unit = records[l], units[l]
+        if fused:  # g_z, its bias gradient and (chain) what passes down, in one C pass
+            out = fastsr.ff_unit_grad(rec.y, *parts[l], signals.get(0), lam, chain and l > 0)
+            if out is None:  # the forward's kernels fitted, so these do
+                raise RuntimeError("gradients_from_records: the fused kernel refused its operands")
+            g_z, g_amax, down, down_amax, unit.bias.grad = out
+            fac = (QTensor(*fastsr.quantize_stochastic_with_absmax(g_z, g_amax, seeds.next())),
+                   rec.a_q)
         else:
-            unit.weight.grad = _weight_grad(g_z, rec, cfg, seeds)
-        unit.bias.grad = g_z.sum(0)
+            g_z = local[l]
+            if chain and signals:
+                from_later = torch.stack(list(signals.values())).sum(0) * masks[l]
+                g_z = g_z + lam * from_later
+            unit.bias.grad = g_z.sum(0)
+            fac = _weight_grad_factors(g_z, rec, seeds) if cfg.int8 else None
+        if factored:
+            factors[l] = fac
+            unit.weight.grad = None
+        elif cfg.int8:
+            g_q, a_q = fac
+            unit.weight.grad = int8_mm_scaled(g_q.q.t(), g_q.scale, a_q.q, a_q.scale,
+                                              cfg.int8_kernel)
+        else:
+            unit.weight.grad = g_z.t() @ rec.a
         # With a float weight gradient on the INT8 path, unit l steps first and frees it before
         # the input gradient's buffers exist: the signal passes down through the forward's int8
         # copy of the weight (rec.w_q), not the weight. The float path passes it through the
@@ -189,12 +204,34 @@ def gradients_from_records(
         if step_first:
             on_unit(l)
         if chain and l > 0:
-            signals = _pass_down(signals, local[l], rec, mask, l, depth, cfg, seeds)
+            signals = ({0: _input_grad_fused(down, down_amax, rec, cfg, seeds)} if fused else
+                       _pass_down(signals, local[l], rec, masks[l], l, depth, cfg, seeds))
         if factored:
             rec.w_q = None
         if on_unit is not None and not step_first:
             on_unit(l)
     return losses.detach()
+
+
+def _goodness(rec: DenseRecord, kind: FF.Goodness) -> torch.Tensor:
+    """FF.goodness of rec.y, from the fused forward's row sums of y^2 where it made them."""
+    if rec.sumsq is None:
+        return FF.goodness(rec.y, kind)
+    return rec.sumsq / rec.y.shape[1] if kind == "mean" else rec.sumsq
+
+
+def _input_grad_fused(s_z: torch.Tensor, amax: float, rec: DenseRecord, cfg: FFConfig,
+                      seeds: SeedStream) -> torch.Tensor:
+    """_input_grad for a per-tensor int8 weight and an s_z whose max|s_z| is known: the GEMM's
+    accumulator scaled and passed back through the norm in one C pass (fastsr.input_grad)."""
+    s_q = QTensor(*fastsr.quantize_stochastic_with_absmax(s_z, amax, seeds.next()))
+    acc = int8_mm(s_q.q, rec.w_q.q, cfg.int8_kernel)  # (B, D)
+    m = rec.h_in.shape[1] if cfg.norm == "rms" else 1
+    out = fastsr.input_grad(acc, s_q.scale, rec.w_q.scale, rec.h_in, rec.r_in, m, FF.EPS)
+    if out is None:  # an int64 accumulator (N past MAX_EXACT_K)
+        g_a = acc.float().mul_(s_q.scale * rec.w_q.scale)
+        out = FF.normalize_backward(g_a, rec.h_in, rec.r_in, cfg.norm)
+    return out
 
 
 def _pass_down(signals: dict[int, torch.Tensor], own: torch.Tensor, rec: DenseRecord,

@@ -305,7 +305,12 @@ class FFTrainer:
                 amax = self.optimizer.step_factored(unit.weight, *pending)
                 if amax is not None and not self.cfg.ff.weight_channel:
                     unit.cache_int8_weight(amax)  # the next forward's int8 weight, made now
-            self.optimizer.step()  # steps the parameters that have a .grad: unit l's (+ readout)
+            # steps the parameters that have a .grad: unit l's (+ readout); FactoredAdam's
+            # step_direct without torch.optim's per-step machinery where they fit its kernel
+            direct = getattr(self.optimizer, "step_direct", None)
+            if direct is None or not direct([p for group in self.optimizer.param_groups
+                                             for p in group["params"] if p.grad is not None]):
+                self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()

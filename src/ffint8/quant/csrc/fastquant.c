@@ -184,9 +184,11 @@ void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restri
     }
 }
 
-/* One Adam step of n float32 parameters p from an int32 accumulator: the gradient is
- * acc[i] * g_scale, an int8 GEMM's exact result times its two scales (ffint8.train.factored),
- * so no float32 gradient tensor is written or read. m, v: Adam's two moments, float32, as
+/* One Adam step of n float32 parameters p. Its gradient is either acc[i] * g_scale, acc an int32
+ * accumulator: an int8 GEMM's exact result times its two scales (ffint8.train.factored), so no
+ * float32 gradient tensor is written or read; or, where acc is NULL, the float32 g[i] (a bias's
+ * gradient: stepped here too, that saves torch.optim's per-step machinery, which costs more than
+ * the arithmetic for a thousand values). m, v: Adam's two moments, float32, as
  * torch.optim.Adam keeps them. w1 = 1 - b1, w2 = 1 - b2; wd: the L2 term (grad + p * wd), 0
  * for none; decay: AdamW's factor 1 - lr * wd (1 for Adam); neg_step = -lr / (1 - b1^t);
  * root_c2 = sqrt(1 - b2^t).
@@ -198,16 +200,16 @@ void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restri
  * second moment otherwise now and then: there the values may differ in the last place.
  * Returns max(amax_in, max|p| after the step) as ffq_absmax does (NaN once any p is NaN or
  * Inf), so that the caller can quantise the new weight without another pass to find it. */
-float ffq_adam_i32(float *restrict p, float *restrict m, float *restrict v,
-                   const int32_t *restrict acc, int64_t n, float g_scale, float w1, float b2,
-                   float w2, float neg_step, float root_c2, float eps, float wd, float decay,
-                   float amax_in) {
+static inline __attribute__((always_inline)) float adam_pass(
+        float *restrict p, float *restrict m, float *restrict v, const int32_t *restrict acc,
+        const float *restrict gf, const int use_acc, int64_t n, float g_scale, float w1,
+        float b2, float w2, float neg_step, float root_c2, float eps, float wd, float decay, float amax_in) {
     uint32_t top;
     memcpy(&top, &amax_in, sizeof top);
     top &= 0x7fffffffu;
     for (int64_t i = 0; i < n; i++) {
         float pi = p[i];
-        float g = (float)acc[i] * g_scale;
+        float g = use_acc ? (float)acc[i] * g_scale : gf[i]; /* use_acc: a constant, folded */
         if (wd != 0.0f) g = fmaf(pi, wd, g);       /* grad += p * wd */
         if (decay != 1.0f) pi = pi * decay;
         float mi = fmaf(w1, g - m[i], m[i]);      /* m.lerp_(g, w1), w1 < 0.5 */
@@ -225,6 +227,23 @@ float ffq_adam_i32(float *restrict p, float *restrict m, float *restrict v,
     float out;
     memcpy(&out, &top, sizeof out);
     return out;
+}
+
+/* Two entry points, so that each loop is compiled for its one kind of gradient. */
+float ffq_adam_i32(float *restrict p, float *restrict m, float *restrict v,
+                   const int32_t *restrict acc, int64_t n, float g_scale, float w1, float b2,
+                   float w2, float neg_step, float root_c2, float eps, float wd, float decay,
+                   float amax_in) {
+    return adam_pass(p, m, v, acc, NULL, 1, n, g_scale, w1, b2, w2, neg_step, root_c2, eps, wd,
+                     decay, amax_in);
+}
+
+float ffq_adam_f32(float *restrict p, float *restrict m, float *restrict v,
+                   const float *restrict g, int64_t n, float w1, float b2, float w2,
+                   float neg_step, float root_c2, float eps, float wd, float decay,
+                   float amax_in) {
+    return adam_pass(p, m, v, NULL, g, 0, n, 1.0f, w1, b2, w2, neg_step, root_c2, eps, wd, decay,
+                     amax_in);
 }
 
 /* dst (batch, cols, rows) = src (batch, rows, cols) transposed, for 1-byte elements; both
@@ -328,4 +347,196 @@ int ffq_dw_weight_i8(const int8_t *restrict x, const int8_t *restrict g, int64_t
         dw_weight_lanes(x, g, out, n, h, w, c, ho, wo, (int)kh, (int)kw, sh, sw, ph, pw, c0,
                         (int)(c - c0));
     return 0;
+}
+
+/* ---- The FF-INT8 dense unit's step, fused (ffint8.nn.dense, ffint8.train.ff) ----
+ * Each function does in one or two passes what the PyTorch path does in five to ten tensor
+ * operations, each a pass over memory and a dispatch: at FF's sizes (2B x 1000 values) those,
+ * not the int8 GEMMs, set the step time (issue 5). Every value computed elementwise goes
+ * through the same float32 operations in the same order as there (fp-contract is off, above), so
+ * it comes out the same; sums over a row or a column are taken in another order (16 lanes, or
+ * row by row), so those, and what follows from them, may differ in the last place. */
+
+#define FFQ_LANES 16
+
+static inline uint32_t abs_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return b & 0x7fffffffu;
+}
+
+static inline float amax_of_bits(uint32_t top) { /* ffq_absmax's result from its top bits */
+    if (top >= 0x7f800000u) return NAN;
+    float out;
+    memcpy(&out, &top, sizeof out);
+    return out;
+}
+
+/* sum of x[j] * y[j], j < n, in FFQ_LANES float32 lanes, then the lanes added in order */
+static inline float lane_dot(const float *restrict x, const float *restrict y, int64_t n) {
+    float acc[FFQ_LANES] = {0};
+    int64_t j = 0;
+    for (; j + FFQ_LANES <= n; j += FFQ_LANES)
+        for (int l = 0; l < FFQ_LANES; l++) acc[l] += x[j + l] * y[j + l];
+    for (int l = 0; j + l < n; l++) acc[l] += x[j + l] * y[j + l];
+    float s = 0.0f;
+    for (int l = 0; l < FFQ_LANES; l++) s += acc[l];
+    return s;
+}
+
+/* Pass one of normalise-then-quantise: r[i] = sqrt(mean_j h_ij^2) (rms) or sqrt(sum_j h_ij^2)
+ * (l2) for h (rows, cols), and the return value max_ij |h_ij / (r_i + eps)|, as ffq_absmax
+ * would give it for the normalised a (NaN if any value is NaN or Inf). Division by a positive
+ * number is monotone in float32, so a row's largest |a| is its largest |h| divided once. */
+float ffq_row_norms(const float *restrict h, int64_t rows, int64_t cols, int l2, float eps,
+                    float *restrict r) {
+    uint32_t top = 0;
+    for (int64_t i = 0; i < rows; i++) {
+        const float *restrict hr = h + i * cols;
+        float sq = lane_dot(hr, hr, cols);
+        float ri = sqrtf(l2 ? sq : sq / (float)cols);
+        r[i] = ri;
+        uint32_t m = 0;
+        for (int64_t j = 0; j < cols; j++) {
+            uint32_t a = abs_bits(hr[j]);
+            m = a > m ? a : m;
+        }
+        if (m >= 0x7f800000u || ri != ri) {
+            top = 0x7f800000u;
+            continue;
+        }
+        float hmax;
+        memcpy(&hmax, &m, sizeof hmax);
+        uint32_t a = abs_bits(hmax / (ri + eps));
+        top = a > top ? a : top;
+    }
+    return amax_of_bits(top);
+}
+
+/* Pass two: q = stochastic rounding of (h_ij / (r_i + eps)) * inv_scale, as
+ * ffq_quantize_stochastic rounds the normalised tensor (the same index, the same noise). */
+void ffq_quantize_rows_div_sr(const float *restrict h, const float *restrict r,
+                              int8_t *restrict q, int64_t rows, int64_t cols, float eps,
+                              float inv_scale, uint32_t k1, uint32_t k2) {
+    for (int64_t i = 0; i < rows; i++) {
+        const float c = r[i] + eps;
+        const float *restrict hr = h + i * cols;
+        int8_t *restrict qr = q + i * cols;
+        const uint32_t base = (uint32_t)(i * cols);
+        for (int64_t j = 0; j < cols; j++) {
+            float v = (hr[j] / c) * inv_scale;
+            float fl = floorf(v);
+            uint32_t hh = mix32(((base + (uint32_t)j) ^ k1) * 0x9e3779b9U + k2);
+            float u = (float)(int32_t)(hh >> 8) * (1.0f / 16777216.0f);
+            qr[j] = (int8_t)(int32_t)clamp127(fl + (u < v - fl ? 1.0f : 0.0f));
+        }
+    }
+}
+
+/* y = relu(float(acc) * (a_scale * w_scale) + bias) for the int32 accumulator acc (rows, cols),
+ * and with it each row's sum of y^2 (sumsq, for the goodness) and each column's sum of y
+ * (colsum, for peer normalisation's batch means). */
+void ffq_dense_epilogue(const int32_t *restrict acc, int64_t rows, int64_t cols, float a_scale,
+                        float w_scale, const float *restrict bias, float *restrict y,
+                        float *restrict sumsq, float *restrict colsum) {
+    const float s = a_scale * w_scale;
+    for (int64_t j = 0; j < cols; j++) colsum[j] = 0.0f;
+    for (int64_t i = 0; i < rows; i++) {
+        const int32_t *restrict ar = acc + i * cols;
+        float *restrict yr = y + i * cols;
+        for (int64_t j = 0; j < cols; j++) {
+            float z = (float)ar[j] * s + bias[j];
+            z = z < 0.0f ? 0.0f : z; /* NaN stays NaN, for the divergence check */
+            yr[j] = z;
+            colsum[j] += z;
+        }
+        sumsq[i] = lane_dot(yr, yr, cols);
+    }
+}
+
+/* One unit's dL/dz, formed as ffint8.train.ff forms it, from its ReLU output y (rows, cols):
+ *   own  = crow_i * y_ij + [y_ij > 0] pcol_j           (its loss, and peer normalisation's)
+ *   gz   = own + lam * [y_ij > 0] sig_ij               (chain: later losses, weighted)
+ *   down = [y_ij > 0] sig_ij + own                      (what passes on to the unit below)
+ * pcol, sig and down may each be absent (has_*). bias = column sums of gz. Returns max|gz|,
+ * *amax_down max|down| (NaN for a NaN or Inf, as ffq_absmax). */
+static inline __attribute__((always_inline)) float unit_grad(
+        const float *restrict y, int64_t rows, int64_t cols, const float *restrict crow,
+        const float *restrict pcol, const float *restrict sig, float lam, float *restrict gz,
+        float *restrict down, float *restrict bias, float *restrict amax_down,
+        const int has_p, const int has_sig, const int has_down) {
+    uint32_t top = 0, top_d = 0;
+    for (int64_t j = 0; j < cols; j++) bias[j] = 0.0f;
+    for (int64_t i = 0; i < rows; i++) {
+        const float c = crow[i];
+        const int64_t o = i * cols;
+        for (int64_t j = 0; j < cols; j++) {
+            float yv = y[o + j];
+            int on = yv > 0.0f;
+            float own = c * yv;
+            if (has_p) own = own + (on ? pcol[j] : 0.0f);
+            float g = own, d = own;
+            if (has_sig) {
+                float f = on ? sig[o + j] : 0.0f;
+                g = own + lam * f;
+                d = f + own;
+            }
+            gz[o + j] = g;
+            bias[j] += g;
+            uint32_t a = abs_bits(g);
+            top = a > top ? a : top;
+            if (has_down) {
+                down[o + j] = d;
+                uint32_t b = abs_bits(d);
+                top_d = b > top_d ? b : top_d;
+            }
+        }
+    }
+    *amax_down = amax_of_bits(top_d);
+    return amax_of_bits(top);
+}
+
+float ffq_ff_unit_grad(const float *restrict y, int64_t rows, int64_t cols,
+                       const float *restrict crow, const float *restrict pcol,
+                       const float *restrict sig, float lam, float *restrict gz,
+                       float *restrict down, float *restrict bias, float *restrict amax_down) {
+    /* one loop compiled for each combination of the optional parts */
+    int key = (pcol != NULL) * 4 + (sig != NULL) * 2 + (down != NULL);
+    switch (key) {
+#define FFQ_UNIT_GRAD(k, p, s, d) \
+    case k: return unit_grad(y, rows, cols, crow, pcol, sig, lam, gz, down, bias, amax_down, p, s, d);
+        FFQ_UNIT_GRAD(0, 0, 0, 0)
+        FFQ_UNIT_GRAD(1, 0, 0, 1)
+        FFQ_UNIT_GRAD(2, 0, 1, 0)
+        FFQ_UNIT_GRAD(3, 0, 1, 1)
+        FFQ_UNIT_GRAD(4, 1, 0, 0)
+        FFQ_UNIT_GRAD(5, 1, 0, 1)
+        FFQ_UNIT_GRAD(6, 1, 1, 0)
+        default: return unit_grad(y, rows, cols, crow, pcol, sig, lam, gz, down, bias,
+                                  amax_down, 1, 1, 1);
+#undef FFQ_UNIT_GRAD
+    }
+}
+
+/* dL/dh for a unit's input h (rows, cols), normalised as a = h / (r + eps), from the int32
+ * accumulator acc = s_q (rows, N) @ w_q (N, cols): g = float(acc) * (s_scale * w_scale) is
+ * dL/da, then ffint8.nn.functional.normalize_backward: with c = r + eps,
+ *   out = g / c - h * (sum_j h_j g_j / (m * max(r, eps) * c * c)),  m = cols (rms) or 1 (l2). */
+void ffq_input_grad(const int32_t *restrict acc, int64_t rows, int64_t cols, float s_scale,
+                    float w_scale, const float *restrict h, const float *restrict r, float m,
+                    float eps, float *restrict out) {
+    const float s = s_scale * w_scale;
+    for (int64_t i = 0; i < rows; i++) {
+        const int32_t *restrict ar = acc + i * cols;
+        const float *restrict hr = h + i * cols;
+        float *restrict o = out + i * cols;
+        for (int64_t j = 0; j < cols; j++) o[j] = (float)ar[j] * s;
+        const float dot = lane_dot(hr, o, cols);
+        const float ri = r[i], c = ri + eps;
+        float den = m * (ri < eps ? eps : ri);
+        den = den * c;
+        den = den * c;
+        const float k = dot / den;
+        for (int64_t j = 0; j < cols; j++) o[j] = o[j] / c - hr[j] * k;
+    }
 }
