@@ -67,14 +67,14 @@ def test_bad_names():
 
 
 def test_factored_gradient_is_one_accumulator_block():
-    # 784-1000-1000: Adam's block (4 MB) holds the whole 1000 x 1000 accumulator; adam8's (1 MB)
-    # 256 of its rows (a multiple of 256 / gcd(1000, 256) = 32) and 320 of the first unit's
-    # (a multiple of 16: 1 MB / 3136 bytes a row = 334 rows)
+    # 784-1000-1000: Adam's block (4 MB) holds the whole 1000 x 1000 accumulator; adam8's
+    # (256 KB) 64 of its rows (a multiple of 256 / gcd(1000, 256) = 32: 256 KB / 4000 bytes a
+    # row = 65 rows) and 80 of the first unit's (a multiple of 16: 256 KB / 3136 bytes = 83)
     def grads(algo, opt):
         return footprint(algo, 784, (1000, 1000), 32, optimizer=opt).gradients
 
     assert grads("ff-int8", "adam") == grads("ff-fp32", "adam") == 1001 * 1000 * 4
-    assert grads("ff-int8", "adam8") == max(256 * 1000, 320 * 784) * 4 + 1000 * 4
+    assert grads("ff-int8", "adam8") == max(64 * 1000, 80 * 784) * 4 + 1000 * 4
     assert grads("ff-fp32", "adam8") == 1001 * 1000 * 4  # the float path forms g_W
     assert grads("ff-int8", "sgd") == 1001 * 1000 * 4  # not factored
     from ffint8.train.adam8 import ADAM8_BLOCK_BYTES, Adam8
