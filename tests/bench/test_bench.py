@@ -27,6 +27,8 @@ TINY = ["--dataset", "synthetic", "--limit-train", "200", "--limit-test", "50", 
     (["--extra", "--lr -1"], "cell mlp_fashion-mnist_ff-int8_s0: --lr must be > 0"),
     (["--models", "mlp,resnet18", "--extra", "--hidden 32"],
      "cell resnet18_fashion-mnist_ff-int8_s0: --hidden: model resnet18 does not take it"),
+    (["--mmap-threshold", "0"], "--mmap-threshold must be 1 to 33554432 bytes"),
+    (["--mmap-threshold", str(64 * 2**20)], "--mmap-threshold must be 1 to 33554432 bytes"),
 ])
 def test_bad_matrix_fails_before_anything_runs(tmp_path, capsys, argv, message):
     out = tmp_path / "bench"
@@ -185,3 +187,25 @@ def test_bp_extra_is_checked_and_reported(tmp_path, capsys):
     assert "lr: 0.001" not in ff_cfg
     table = (out / "table.md").read_text()
     assert "Backprop cells also: `--lr 0.001 --lr-schedule constant`" in table
+
+
+def test_mmap_threshold_reaches_every_cell_and_the_table(tmp_path, monkeypatch, capsys):
+    envs = []
+
+    def fake_run(cmd, stdout, stderr, env, timeout):
+        envs.append(env)
+        fake_metrics(Path(cmd[cmd.index("--out") + 1]), "ff-int8", 0.5, 1.0)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(matrix.subprocess, "run", fake_run)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    base = ["bench", "--algos", "ff-int8", "--seeds", "0,1", "--no-plots", "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--mmap-threshold", "131072"]) == 0
+    assert [e["MALLOC_MMAP_THRESHOLD_"] for e in envs] == ["131072", "131072"]
+    assert "MALLOC_MMAP_THRESHOLD_=131072" in (tmp_path / "a/table.md").read_text()
+    settings = json.loads((tmp_path / "a/results.json").read_text())["settings"]
+    assert settings["mmap_threshold"] == 131072
+    envs.clear()
+    assert main([*base, "--out", str(tmp_path / "b")]) == 0  # without it: the caller's malloc
+    assert envs and all("MALLOC_MMAP_THRESHOLD_" not in e for e in envs)
+    assert "MALLOC_MMAP_THRESHOLD_" not in (tmp_path / "b/table.md").read_text()

@@ -50,6 +50,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="further flags for the backprop cells only, after --extra, e.g. "
                         '--bp-extra="--lr 0.001 --lr-schedule constant" (their tuned settings)')
     b.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
+    b.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                   help="run every cell with glibc's MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 131072): "
+                   "blocks that large get their own mapping, freed at once, so the training "
+                   "memory no longer depends on the heap's layout (steady across runs); it "
+                   "slows algorithms that allocate much, so take times from a run without it")
     b.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     b.add_argument("--out", required=True, help="bench directory; rerun to resume")
     return b
@@ -65,7 +70,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchSpec:
                      limit_train=args.limit_train, limit_test=args.limit_test,
                      threads=args.threads if args.threads is not None else default_threads(),
                      extra=BenchSpec.parse_extra(args.extra),
-                     bp_extra=BenchSpec.parse_extra(args.bp_extra, "--bp-extra"), timeout=args.timeout)
+                     bp_extra=BenchSpec.parse_extra(args.bp_extra, "--bp-extra"), timeout=args.timeout,
+                     mmap_threshold=args.mmap_threshold)
 
 
 def report(spec: BenchSpec, plots: bool = True, log: Callable[[str], None] = print) -> list[dict]:
@@ -74,7 +80,7 @@ def report(spec: BenchSpec, plots: bool = True, log: Callable[[str], None] = pri
     settings = {"models": list(spec.models), "algos": list(spec.algos), "epochs": spec.epochs,
                 "seeds": list(spec.seeds), "dataset": spec.dataset, "limit_train": spec.limit_train,
                 "limit_test": spec.limit_test, "threads": spec.threads, "extra": list(spec.extra),
-                "bp_extra": list(spec.bp_extra),
+                "bp_extra": list(spec.bp_extra), "mmap_threshold": spec.mmap_threshold,
                 "machine": f"{platform.machine()} {platform.processor() or platform.platform()}"}
     out = Path(spec.out)
     jpath, cpath = write_results(rows, out, settings)

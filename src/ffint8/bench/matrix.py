@@ -36,6 +36,10 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# glibc's largest M_MMAP_THRESHOLD on 64-bit machines (DEFAULT_MMAP_THRESHOLD_MAX)
+MAX_MMAP_THRESHOLD = 32 * 2**20
+
+
 @dataclass(frozen=True)
 class BenchSpec:
     """What `ffint8 bench` runs; validated on construction."""
@@ -53,6 +57,7 @@ class BenchSpec:
     extra: tuple[str, ...] = ()
     bp_extra: tuple[str, ...] = ()  # after extra, for the backprop cells only (their own lr, ...)
     timeout: float | None = None  # seconds per cell
+    mmap_threshold: int | None = None  # glibc's MALLOC_MMAP_THRESHOLD_ for every cell, bytes
 
     def __post_init__(self) -> None:
         for flag, items in (("--models", self.models), ("--algos", self.algos), ("--seeds", self.seeds)):
@@ -66,6 +71,9 @@ class BenchSpec:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout}")
+        if self.mmap_threshold is not None and not 0 < self.mmap_threshold <= MAX_MMAP_THRESHOLD:
+            raise ConfigError(f"--mmap-threshold must be 1 to {MAX_MMAP_THRESHOLD} bytes (glibc's "
+                              f"largest), got {self.mmap_threshold}")
         for flag, tokens in (("--extra", self.extra), ("--bp-extra", self.bp_extra)):
             for token in tokens:
                 if token.split("=", 1)[0] in OWN_FLAGS:
@@ -148,13 +156,18 @@ def validate(spec: BenchSpec) -> None:
             raise ConfigError(f"cell {cell.name}: {exc}") from None
 
 
-def child_env(threads: int) -> dict[str, str]:
-    """The environment of a cell: this ffint8 importable, math libraries held to `threads`."""
+def child_env(threads: int, mmap_threshold: int | None = None) -> dict[str, str]:
+    """The environment of a cell: this ffint8 importable, math libraries held to `threads`;
+    mmap_threshold: glibc's malloc then gives every block of that many bytes or more its own
+    mapping, returned to the system when freed (MALLOC_MMAP_THRESHOLD_; other C libraries
+    ignore it)."""
     env = dict(os.environ)
     src = str(Path(ffint8.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     return env
 
 
@@ -177,7 +190,7 @@ def run_cell(spec: BenchSpec, cell: Cell) -> CellOutcome:
     start = time.perf_counter()
     with open(out / "stdout.txt", "w") as so, open(out / "stderr.txt", "w") as se:
         try:
-            rc = subprocess.run(cmd, stdout=so, stderr=se, env=child_env(spec.threads),
+            rc = subprocess.run(cmd, stdout=so, stderr=se, env=child_env(spec.threads, spec.mmap_threshold),
                                 timeout=spec.timeout).returncode
             why = f"exit status {rc}"
         except subprocess.TimeoutExpired:

@@ -99,7 +99,10 @@ def make_table(rows: list[dict], agg: dict, settings: dict) -> str:
         f"energy: {', '.join(sources) or 'not recorded'}. Mean over seeds (± std)."
         + "".join(f" {label} `{' '.join(settings[key])}`." for key, label in
                   (("extra", "Flags of every cell:"), ("bp_extra", "Backprop cells also:"))
-                  if settings.get(key)),
+                  if settings.get(key))
+        + (f" Every cell ran with MALLOC_MMAP_THRESHOLD_={settings['mmap_threshold']} (steady "
+           "memory figures; times slowed where an algorithm allocates much)."
+           if settings.get("mmap_threshold") else ""),
         f"Paper: {PAPER}; {PAPER_SETUP}. Absolute times and energies come from different hardware "
         "(and the paper's MLP runs on MNIST): compare the ratios in the last table. 'estimate:' "
         "energies are models, not measurements (docs/measurement.md).", "",
