@@ -7,7 +7,9 @@ Look-ahead (PAPER.md section 3), with L_l the FF loss of unit l averaged over th
           losses reach W_l through units l+1..j, each later loss weighted by lambda once.
 Gradients are written in closed form (PAPER.md section 1) into each parameter's .grad; on the INT8
 path g_z (and, in chain mode, the gradient passed between units) is quantised with stochastic
-rounding and every GEMM is int8 x int8 -> int32.
+rounding and every GEMM is int8 x int8 -> int32. Where the C kernels are built, the INT8 path's
+elementwise work runs fused around those GEMMs (FFDense.forward_fused, fastsr.ff_unit_grad,
+fastsr.input_grad): the same operations, but for the order of row and column sums.
 """
 
 from __future__ import annotations
