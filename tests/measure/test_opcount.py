@@ -148,8 +148,10 @@ def test_counts_match_what_ff_gradients_runs(monkeypatch, algo, look, depth):
 
     def counting(real):
         def quantize(x, *args, **kw):
-            quantized.append(x.numel())
-            return real(x, *args, **kw)
+            out = real(x, *args, **kw)
+            if out is not None:  # the fused kernels give None where they are not built
+                quantized.append(x.numel())
+            return out
 
         return quantize
 

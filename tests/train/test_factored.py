@@ -300,6 +300,7 @@ def test_trainer_factored_equals_plain(data, optimizer, look, ff):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
 
+@needs_lib  # its first half: the factored step where the C kernel is built
 def test_factored_only_where_it_applies(data, monkeypatch):
     assert not mlp_trainer("sgd").factored
     assert mlp_trainer("adam8").factored and isinstance(mlp_trainer("adam8").optimizer, Adam8)
