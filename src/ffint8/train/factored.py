@@ -23,6 +23,7 @@ Where the C kernel is not built, or a tensor does not fit, step_factored forms t
 from __future__ import annotations
 
 import torch
+from torch.optim import optimizer as opt_module
 
 from ffint8.quant import QTensor, fastsr, int8_mm, int8_mm_scaled
 from ffint8.quant.gemm import MAX_EXACT_K, Kernel
@@ -144,9 +145,10 @@ class FactoredAdam(FactoredStep, torch.optim.Adam):
         not fit the kernel (no C library, another dtype or device, a sparse gradient,
         amsgrad, maximize): step() is then the way. The .grad are left for zero_grad."""
         todo = [(p, self._group_of(p)) for p in params]
-        fits = all(p.grad is not None and not p.grad.is_sparse and p.grad.is_contiguous()
-                   and p.grad.dtype == torch.float32 and p.grad.device == p.device
-                   and self._fits_state(p, group) and fastsr.available() for p, group in todo)
+        fits = fastsr.available() and all(
+            p.grad is not None and not p.grad.is_sparse and p.grad.is_contiguous()
+            and p.grad.dtype == torch.float32 and p.grad.device == p.device
+            and self._fits_state(p, group) for p, group in todo)
         if not fits or self._has_step_hooks():
             return False
         for p, group in todo:
@@ -159,7 +161,6 @@ class FactoredAdam(FactoredStep, torch.optim.Adam):
     def _has_step_hooks(self) -> bool:
         """Whether step hooks are registered (on this optimiser or on all): step() runs them,
         so step_direct leaves those steps to it."""
-        from torch.optim import optimizer as opt_module
         return any(bool(getattr(owner, name, None)) for owner, name in (
             (self, "_optimizer_step_pre_hooks"), (self, "_optimizer_step_post_hooks"),
             (opt_module, "_global_optimizer_pre_hooks"),

@@ -27,6 +27,32 @@ static inline float clamp127(float r) {
     return r > 127.0f ? 127.0f : r;
 }
 
+/* |x|'s bit pattern: for |x| the unsigned integer order is the float order, and every NaN or
+ * Inf pattern (>= 0x7f800000) is above every finite one. */
+static inline uint32_t abs_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return b & 0x7fffffffu;
+}
+
+/* The largest |x| from the largest abs_bits: NaN where it is a NaN or Inf pattern. */
+static inline float amax_of_bits(uint32_t top) {
+    if (top >= 0x7f800000u) return NAN;
+    float out;
+    memcpy(&out, &top, sizeof out);
+    return out;
+}
+
+/* Stochastic rounding of v, the rounding noise hashed from the element's index i and the two
+ * keys: floor(v) + (u < frac(v)), u = top 24 bits of mix32((i ^ k1) * golden + k2) / 2^24, so
+ * P(up) = frac(v) to within 2^-24; clamped to [-127, 127]. */
+static inline int8_t round_stochastic(float v, uint32_t i, uint32_t k1, uint32_t k2) {
+    float fl = floorf(v);
+    uint32_t h = mix32((i ^ k1) * 0x9e3779b9U + k2);
+    float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
+    return (int8_t)(int32_t)clamp127(fl + (u < v - fl ? 1.0f : 0.0f)); /* v - fl is exact */
+}
+
 /* max|x[i]|; NaN if any element is NaN or Inf (so the caller can report divergence).
  * Works on the bit patterns: for |x| the unsigned integer order is the float order, and every
  * NaN or Inf pattern (>= 0x7f800000) is above every finite one. An integer max vectorises. */
@@ -37,10 +63,7 @@ float ffq_absmax(const float *restrict x, int64_t n) {
         uint32_t a = bits[i] & 0x7fffffffu;
         m = a > m ? a : m;
     }
-    if (m >= 0x7f800000u) return NAN;
-    float out;
-    memcpy(&out, &m, sizeof out);
-    return out;
+    return amax_of_bits(m);
 }
 
 /* q[i] = clamp(round(x[i] * inv_scale), -127, 127), rounding half up. */
@@ -76,18 +99,10 @@ void ffq_quantize_rows_nearest(const float *restrict x, int8_t *restrict q, floa
     }
 }
 
-/* Stochastic rounding: floor(v) + (u < frac(v)) with v = x[i] * inv_scale and
- * u = top 24 bits of mix32((i ^ k1) * golden + k2) / 2^24, so P(up) = frac(v) to within 2^-24. */
+/* Stochastic rounding of v = x[i] * inv_scale (round_stochastic, keyed by i). */
 void ffq_quantize_stochastic(const float *restrict x, int8_t *restrict q, int64_t n,
                              float inv_scale, uint32_t k1, uint32_t k2) {
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i] * inv_scale;
-        float fl = floorf(v);
-        uint32_t h = mix32(((uint32_t)i ^ k1) * 0x9e3779b9U + k2);
-        float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
-        float r = fl + (u < v - fl ? 1.0f : 0.0f); /* v - fl is exact in float32 */
-        q[i] = (int8_t)(int32_t)clamp127(r);
-    }
+    for (int64_t i = 0; i < n; i++) q[i] = round_stochastic(x[i] * inv_scale, (uint32_t)i, k1, k2);
 }
 
 /* ---- Adam with 8-bit block-wise state (ffint8.train.adam8; ffint8.quant.blockwise is the
@@ -204,9 +219,7 @@ static inline __attribute__((always_inline)) float adam_pass(
         float *restrict p, float *restrict m, float *restrict v, const int32_t *restrict acc,
         const float *restrict gf, const int use_acc, int64_t n, float g_scale, float w1,
         float b2, float w2, float neg_step, float root_c2, float eps, float wd, float decay, float amax_in) {
-    uint32_t top;
-    memcpy(&top, &amax_in, sizeof top);
-    top &= 0x7fffffffu;
+    uint32_t top = abs_bits(amax_in);
     for (int64_t i = 0; i < n; i++) {
         float pi = p[i];
         float g = use_acc ? (float)acc[i] * g_scale : gf[i]; /* use_acc: a constant, folded */
@@ -218,15 +231,10 @@ static inline __attribute__((always_inline)) float adam_pass(
         m[i] = mi;
         v[i] = vi;
         p[i] = pi;
-        uint32_t bits;
-        memcpy(&bits, &pi, sizeof bits);
-        bits &= 0x7fffffffu;
+        uint32_t bits = abs_bits(pi);
         top = bits > top ? bits : top;
     }
-    if (top >= 0x7f800000u) return NAN;
-    float out;
-    memcpy(&out, &top, sizeof out);
-    return out;
+    return amax_of_bits(top);
 }
 
 /* Two entry points, so that each loop is compiled for its one kind of gradient. */
@@ -359,19 +367,6 @@ int ffq_dw_weight_i8(const int8_t *restrict x, const int8_t *restrict g, int64_t
 
 #define FFQ_LANES 16
 
-static inline uint32_t abs_bits(float x) {
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    return b & 0x7fffffffu;
-}
-
-static inline float amax_of_bits(uint32_t top) { /* ffq_absmax's result from its top bits */
-    if (top >= 0x7f800000u) return NAN;
-    float out;
-    memcpy(&out, &top, sizeof out);
-    return out;
-}
-
 /* sum of x[j] * y[j], j < n, in FFQ_LANES float32 lanes, then the lanes added in order */
 static inline float lane_dot(const float *restrict x, const float *restrict y, int64_t n) {
     float acc[FFQ_LANES] = {0};
@@ -396,17 +391,11 @@ float ffq_row_norms(const float *restrict h, int64_t rows, int64_t cols, int l2,
         float sq = lane_dot(hr, hr, cols);
         float ri = sqrtf(l2 ? sq : sq / (float)cols);
         r[i] = ri;
-        uint32_t m = 0;
-        for (int64_t j = 0; j < cols; j++) {
-            uint32_t a = abs_bits(hr[j]);
-            m = a > m ? a : m;
-        }
-        if (m >= 0x7f800000u || ri != ri) {
+        float hmax = ffq_absmax(hr, cols); /* NaN for a NaN or Inf */
+        if (hmax != hmax || ri != ri) {
             top = 0x7f800000u;
             continue;
         }
-        float hmax;
-        memcpy(&hmax, &m, sizeof hmax);
         uint32_t a = abs_bits(hmax / (ri + eps));
         top = a > top ? a : top;
     }
@@ -423,13 +412,8 @@ void ffq_quantize_rows_div_sr(const float *restrict h, const float *restrict r,
         const float *restrict hr = h + i * cols;
         int8_t *restrict qr = q + i * cols;
         const uint32_t base = (uint32_t)(i * cols);
-        for (int64_t j = 0; j < cols; j++) {
-            float v = (hr[j] / c) * inv_scale;
-            float fl = floorf(v);
-            uint32_t hh = mix32(((base + (uint32_t)j) ^ k1) * 0x9e3779b9U + k2);
-            float u = (float)(int32_t)(hh >> 8) * (1.0f / 16777216.0f);
-            qr[j] = (int8_t)(int32_t)clamp127(fl + (u < v - fl ? 1.0f : 0.0f));
-        }
+        for (int64_t j = 0; j < cols; j++)
+            qr[j] = round_stochastic((hr[j] / c) * inv_scale, base + (uint32_t)j, k1, k2);
     }
 }
 
