@@ -1,9 +1,10 @@
 """Block-wise 8-bit storage of float32 vectors: float8 (e4m3) codes with one float32 scale per
 block, the format of the 8-bit optimiser state (ffint8.train.adam8).
 
-Each block of `block` values is divided by its absolute maximum / 448 (e4m3's largest finite
-value), so its largest value is stored exactly and the others to 3 mantissa bits: a relative
-error of at most 2^-4 with round-to-nearest, down to 2^-6 of the block's maximum (e4m3's
+Each block of `block` values is multiplied by 448 / its absolute maximum (e4m3's largest finite
+value; the reciprocal of the block's scale, formed once), so its largest value is stored to
+within float32's rounding and the others to 3 mantissa bits: a relative error of at most 2^-4
+with round-to-nearest, down to 2^-6 of the block's maximum (e4m3's
 smallest normal); below that e4m3's subnormals keep fewer bits, and below 2^-9 values round to 0.
 
 Stochastic rounding: a float32 x, read as its int32 bit pattern, gets a uniform integer in
@@ -20,17 +21,19 @@ import torch
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 SR_BITS = 20  # float32's 23 mantissa bits minus e4m3's 3
+TINY = torch.finfo(torch.float32).tiny  # 2^-126
 
 
 def block_scales(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(n,) float32, n a multiple of block -> (n / block,) scales absmax / 448 (1 for a block
-    whose scale would be 0: all zeros, or so small that absmax / 448 underflows; it then stores
-    zeros)."""
+    """(n,) float32, n a multiple of block -> (n / block,) scales absmax / 448, at least
+    float32's smallest normal (so that 1 / scale is finite: a block of values that small, or of
+    zeros, stores zeros)."""
     if x.dim() != 1 or x.numel() % block:
         raise ValueError(f"block-wise storage takes a flat vector whose length is a multiple of "
                          f"{block}, got shape {tuple(x.shape)}")
     scale = x.reshape(-1, block).abs().amax(1) / FP8_MAX
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
+    tiny = torch.tensor(TINY, device=x.device)
+    return torch.where(scale >= tiny, scale, tiny)  # NaN (a NaN or Inf in the block) too
 
 
 def round_mantissa_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -45,7 +48,8 @@ def quantize_blocks(x: torch.Tensor, block: int,
     """(n,) float32 -> ((n,) e4m3 codes, (n / block,) float32 scales). noise: stochastic
     rounding (int32 in [0, 2^20), shape (n,)); None rounds to nearest."""
     scale = block_scales(x, block)
-    y = (x.reshape(-1, block) / scale[:, None]).reshape(-1).clamp_(-FP8_MAX, FP8_MAX)
+    # times 1 / scale, as the C kernel (csrc/fastquant.c) computes it: one reciprocal a block
+    y = (x.reshape(-1, block) * scale.reciprocal()[:, None]).reshape(-1).clamp_(-FP8_MAX, FP8_MAX)
     if noise is not None:
         # |y| <= 448 = 1.75 * 2^8 has 3 mantissa bits, so rounding up cannot pass it
         y = round_mantissa_stochastic(y, noise)

@@ -105,7 +105,7 @@ def _library() -> ctypes.CDLL | None:
     lib.ffq_quantize_rows_nearest.restype = None
     lib.ffq_quantize_rows_nearest.argtypes = [ptr, ptr, ptr, i64, i64, f]
     lib.ffq_adam8.restype = None
-    lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64, ptr,
+    lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64]
     lib.ffq_adam_i32.restype = ctypes.c_float
     lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
@@ -278,8 +278,8 @@ def depthwise_weight_grad(x: torch.Tensor, g: torch.Tensor, kernel_size: tuple[i
 MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c
 
 
-def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table: torch.Tensor,
-               b1: float, b2: float, step_size: float, root_c2: float, eps: float, wd: float,
+def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, b1: float,
+               b2: float, step_size: float, root_c2: float, eps: float, wd: float,
                keys: tuple[int, int, int, int] | None, *, g_scale: float | None = None,
                start: int = 0) -> bool:
     """ffint8.train.adam8's update of one parameter in one fused pass (state: its "m", "m_scale",
@@ -299,7 +299,7 @@ def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table:
         fits = _usable(g) is not None
     if lib is None or not fits or block > MAX_ADAM8_BLOCK or start % block or start < 0:
         return False
-    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"], table)
+    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
     if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
         return False
     end = start + p.numel()
@@ -311,7 +311,7 @@ def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, table:
     lib.ffq_adam8(p.data_ptr(), None if exact else g.data_ptr(), g.data_ptr() if exact else None,
                   g_scale if exact else 1.0, p.numel(), state["m"][start:].data_ptr(),
                   state["m_scale"][b0:].data_ptr(), state["r"][start:].data_ptr(),
-                  state["r_scale"][b0:].data_ptr(), block, table.data_ptr(), 1 - b1, b2, 1 - b2,
+                  state["r_scale"][b0:].data_ptr(), block, 1 - b1, b2, 1 - b2,
                   step_size, root_c2, eps, wd, int(keys is not None), *k, start)
     return True
 

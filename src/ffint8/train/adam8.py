@@ -14,10 +14,11 @@ range) takes no step rather than m / eps.
 Two paths: a fused C kernel (csrc/fastquant.c, built on first use like the quantiser; one pass
 per block, stochastic rounding from a counter-based hash) and this file's PyTorch code, the
 reference and the fallback where no C compiler is found. Both round alike (tested: the same codes
-with rounding to nearest). A step costs several times fused torch.optim.Adam's
-(benchmarks/optim_step.py: the C kernel 5.4x, the PyTorch path 17x, MLP 784-1000-1000, one
-thread): about 20 cycles a value (two table lookups, a hash and an e4m3 encoding per moment)
-against Adam's few. It trades time for memory.
+with rounding to nearest). A step costs more than fused torch.optim.Adam's
+(benchmarks/optim_step.py, MLP 784-1000-1000, one thread, session 14: the C kernel 2.7x, the
+PyTorch path 21x): Adam's arithmetic, and for each moment an e4m3 decode, a hash and an
+encode, computed in 32-bit integer operations that vectorise (the kernel was 5x while it
+looked values up in a table, a gather, and branched in its encoder). It trades time for memory.
 
 Why not a library: torchao's 8-bit optimisers need torch.compile (a C++ toolchain at run time,
 and the compiler's memory), which edge boards lack; bitsandbytes' are CUDA-first.
@@ -31,7 +32,6 @@ import torch
 
 from ffint8.quant import QTensor, fastsr
 from ffint8.quant.blockwise import (
-    E4M3_VALUES,
     FP8,
     dequantize_blocks,
     quantize_blocks,
@@ -136,7 +136,7 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, int(state["step"]))
         g_scale = float(g_q.scale * a_q.scale)  # as the plain path scales: one float32 product
         for r0, r1, acc in self._gradient_blocks(p, g_q, a_q, row_multiple(cols, self.block)):
-            if not fastsr.adam8_step(p[r0:r1], acc, state, self.block, E4M3_VALUES, b1, b2,
+            if not fastsr.adam8_step(p[r0:r1], acc, state, self.block, b1, b2,
                                      step_size, root_c2, eps, wd, keys, g_scale=g_scale,
                                      start=r0 * cols):
                 raise RuntimeError("step_factored: the fused adam8 kernel refused its operands")
@@ -145,7 +145,7 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
 
     def _update(self, p: torch.Tensor, state: dict, group: dict, t: int) -> None:
         b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, t)
-        if self.fused and fastsr.adam8_step(p, p.grad, state, self.block, E4M3_VALUES, b1, b2,
+        if self.fused and fastsr.adam8_step(p, p.grad, state, self.block, b1, b2,
                                             step_size, root_c2, eps, wd, keys):
             return
         flat, grad = p.view(-1), p.grad.reshape(-1)

@@ -117,44 +117,68 @@ void ffq_quantize_stochastic(const float *restrict x, int8_t *restrict q, int64_
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-/* The e4m3 code of y (|y| <= 448). stochastic: |y| goes to 3 mantissa bits, up with probability
- * the dropped fraction (noise uniform in [0, 2^20)), then values below e4m3's normal range
- * (2^-6) to the nearest subnormal, ties to even: what blockwise.quantize_blocks does with noise.
- * Otherwise one rounding to nearest, ties to even, as PyTorch's float8 conversion does. */
-static inline uint8_t e4m3_encode(float y, int stochastic, uint32_t noise) {
-    uint32_t bits;
-    memcpy(&bits, &y, sizeof bits);
-    uint32_t sign = (bits >> 24) & 0x80u;
-    if (!(fabsf(y) <= 448.0f)) return (uint8_t)(sign | 0x7fu); /* NaN */
-    if (stochastic) {
-        bits = (bits + noise) & 0xfff00000u;
-    } else if (fabsf(y) >= 0.015625f) {
-        bits = (bits + 0x7ffffu + ((bits >> 20) & 1u)) & 0xfff00000u;
-    }
-    uint32_t mag = bits & 0x7fffffffu;
-    float a;
-    memcpy(&a, &mag, sizeof a);
-    if (a >= 0.015625f) return (uint8_t)(sign | ((mag >> 23) - 120u) << 3 | ((mag >> 20) & 7u));
-    return (uint8_t)(sign | (uint32_t)nearbyintf(a * 512.0f)); /* k * 2^-9; k = 8 is 2^-6 */
+static inline uint32_t f2u(float x) { uint32_t b; memcpy(&b, &x, sizeof b); return b; }
+static inline float u2f(uint32_t b) { float x; memcpy(&x, &b, sizeof x); return x; }
+
+/* The e4m3 code of y, in the low 8 bits: |y| above 448 (Inf too) clamps to 448, NaN gives NaN
+ * (0x7f, and the sign). stochastic: |y| goes to 3 mantissa bits, up with probability the dropped
+ * fraction (noise uniform in [0, 2^20)), then values below e4m3's normal range (2^-6) to the
+ * nearest subnormal, ties to even: what blockwise.quantize_blocks does with noise. Otherwise one
+ * rounding to nearest, ties to even, as PyTorch's float8 conversion does. In 32-bit integer
+ * operations and selects, without branches, so that the store loops vectorise with every lane
+ * a 32-bit value until the store; the clamp too is an integer min on |y|'s bit pattern (for
+ * |y| the integer order is the float order). */
+static inline uint32_t e4m3_code(float y, const int stochastic, uint32_t noise) {
+    uint32_t bits = f2u(y);
+    uint32_t sign = (bits >> 24) & 0x80u, full = bits & 0x7fffffffu;
+    uint32_t mag = full < 0x43e00000u ? full : 0x43e00000u; /* min(|y|, 448) */
+    /* |y| with 3 mantissa bits; to nearest only at and above 2^-6 (0x3c800000), so that
+     * subnormals round once, below */
+    uint32_t rounded = stochastic ? (mag + noise) & 0x7ff00000u
+        : (mag >= 0x3c800000u ? (mag + 0x7ffffu + ((mag >> 20) & 1u)) & 0x7ff00000u : mag);
+    uint32_t normal = (rounded >> 20) - (120u << 3); /* float32's exponent bias 127, e4m3's 7 */
+    /* below 2^-6: k of k * 2^-9, to nearest (ties to even) by adding 2^23 */
+    uint32_t sub = f2u(u2f(rounded) * 512.0f + 8388608.0f) - 0x4b000000u;
+    uint32_t code = rounded >= 0x3c800000u ? normal : sub; /* sub = 8 is 2^-6, e4m3's 0x08 */
+    return sign | (full > 0x7f800000u ? 0x7fu : code);
 }
 
+/* The value of e4m3 code c (the inverse of e4m3_code; 0x7f and 0xff are NaN), computed rather
+ * than looked up: a table lookup is a gather, which costs more than these few operations. */
+static inline float e4m3_decode(uint32_t c) {
+    uint32_t mag = c & 0x7fu;
+    float normal = u2f((mag << 20) + (120u << 23));
+    float sub = (float)(int32_t)mag * (1.0f / 512.0f);
+    float a = mag >= 8u ? normal : sub;
+    a = mag == 0x7fu ? NAN : a;
+    return u2f(f2u(a) | (c & 0x80u) << 24);
+}
+
+/* Store block x as codes and one scale: absmax / 448, at least FLT_MIN (so that 1 / scale is
+ * finite: a block of tiny values stores zeros), x * (1 / scale) rounded. Written as two loops,
+ * one per rounding, with a 32-bit index: each then vectorises without masks or 64-bit lanes. */
 static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *restrict scale,
                        int64_t block, int stochastic, uint32_t k1, uint32_t k2, int64_t offset) {
-    float amax = ffq_absmax(x, block); /* NaN if any is NaN or Inf */
-    float s = amax / 448.0f;
-    if (!(s > 0.0f)) s = 1.0f; /* all zero, or absmax / 448 underflows: store zeros */
+    float s = ffq_absmax(x, block) / 448.0f; /* NaN if any is NaN or Inf */
+    if (!(s >= 0x1p-126f)) s = 0x1p-126f;
     *scale = s;
-    for (int64_t i = 0; i < block; i++) {
-        float y = x[i] / s; /* not x * (1 / s): for a subnormal s, 1 / s is Inf and 0 * Inf NaN */
-        y = y < -448.0f ? -448.0f : (y > 448.0f ? 448.0f : y);
-        uint32_t noise = stochastic ? mix32(((uint32_t)(offset + i) ^ k1) * 0x9e3779b9U + k2) >> 12 : 0;
-        codes[i] = e4m3_encode(y, stochastic, noise);
+    float inv = 1.0f / s;
+    int nb = (int)block;
+    uint32_t at = (uint32_t)offset;
+    if (stochastic) {
+        for (int i = 0; i < nb; i++) {
+            float y = x[i] * inv; /* |y| <= 448 but for float32's rounding: e4m3_code clamps */
+            uint32_t noise = mix32(((at + (uint32_t)i) ^ k1) * 0x9e3779b9U + k2) >> 12;
+            codes[i] = (uint8_t)e4m3_code(y, 1, noise);
+        }
+    } else {
+        for (int i = 0; i < nb; i++) codes[i] = (uint8_t)e4m3_code(x[i] * inv, 0, 0);
     }
 }
 
 /* One Adam step of n parameters p with gradient g (L2 weight decay wd added to it), the first
  * moment m and r = sqrt(v) stored as codes mc, rc (n rounded up to whole blocks) with scales
- * ms, rs; table: the 256 e4m3 values; w1 = 1 - b1 and w2 = 1 - b2 as the caller rounds them.
+ * ms, rs; w1 = 1 - b1 and w2 = 1 - b2 as the caller rounds them.
  * The arithmetic follows ffint8.train.adam8's PyTorch path operation by operation (lerp takes
  * w1, not b1). Keys (k1, k2) and (k3, k4): the rounding noise of m and of r.
  * g NULL: the gradient is acc[i] * g_scale instead, an int8 GEMM's exact int32 result times its
@@ -164,7 +188,7 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
 void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restrict acc,
                float g_scale, int64_t n, uint8_t *restrict mc,
                float *restrict ms, uint8_t *restrict rc, float *restrict rs, int64_t block,
-               const float *restrict table, float w1, float b2, float w2, float step_size,
+               float w1, float b2, float w2, float step_size,
                float root_c2, float eps, float wd, int stochastic, uint32_t k1, uint32_t k2,
                uint32_t k3, uint32_t k4, int64_t base) {
     float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK], gb[FFQ_MAX_BLOCK], pb[FFQ_MAX_BLOCK];
@@ -181,8 +205,8 @@ void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restri
             for (int64_t i = 0; i < block; i++) gb[i] = gb[i] + wd * pb[i];
         float msc = ms[b], rsc = rs[b];
         for (int64_t i = 0; i < block; i++) {
-            m[i] = table[mc[o + i]] * msc;
-            r[i] = table[rc[o + i]] * rsc;
+            m[i] = e4m3_decode(mc[o + i]) * msc;
+            r[i] = e4m3_decode(rc[o + i]) * rsc;
         }
         for (int64_t i = 0; i < block; i++) {
             float gi = gb[i];
