@@ -247,3 +247,45 @@ def test_c_kernel_runs_when_built():
     finally:
         fastsr.adam8_step = real
     assert called == [1]
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+def test_bound_kernel_over_slices_equals_one_call():
+    # step_factored updates a weight a row block at a time through adam8_bind; with stochastic
+    # rounding keyed by each value's index, slices must give what one call over all gives
+    n, block = 1000, 128  # the last block is partial
+    g = torch.randint(-5000, 5000, (n,), dtype=torch.int32)
+    results = []
+    for cuts in ([0, n], [0, 256, 640, n]):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, n))
+        opt = Adam8([p], block=block, chunk=1024)
+        state = opt._init_state(p)
+        step = fastsr.adam8_bind(p.data, state, block, 0.9, 0.999, 1e-3, 0.03, 1e-8, 0.0,
+                                 (11, 22, 33, 44))
+        for a, b in zip(cuts, cuts[1:]):
+            step(a, g[a:b], 1e-4)
+        results.append((p.detach().clone(), state))
+    (pa, sa), (pb, sb) = results
+    assert not torch.equal(pa, torch.linspace(-1, 1, n))  # it stepped
+    assert torch.equal(pa, pb)
+    for key in ("m", "m_scale", "r", "r_scale"):
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+def test_bound_kernel_refuses_slices_that_do_not_fit():
+    p = torch.zeros(300)
+    state = Adam8([torch.nn.Parameter(p)], block=128)._init_state(p)
+    step = fastsr.adam8_bind(p, state, 128, 0.9, 0.999, 1e-3, 1.0, 1e-8, 0.0, None)
+    acc = torch.zeros(300, dtype=torch.int32)
+    with pytest.raises(ValueError, match="values 64:192 of a 300-value parameter"):
+        step(64, acc[64:192], 1.0)  # starts inside a block
+    with pytest.raises(ValueError, match="values 0:200"):
+        step(0, acc[:200], 1.0)  # ends inside a block that is not the last
+    with pytest.raises(ValueError, match="torch.int64"):
+        step(0, acc.long(), 1.0)  # an accumulator must be int32
+    with pytest.raises(ValueError, match="values 256:556"):
+        step(256, acc, 1.0)  # past the end
+    step(256, acc[256:], 1.0)  # the partial last block is fine
+    state["m"] = state["m"][:256]  # a state too short for the parameter: nothing binds
+    assert fastsr.adam8_bind(p, state, 128, 0.9, 0.999, 1e-3, 1.0, 1e-8, 0.0, None) is None

@@ -280,40 +280,63 @@ MAX_ADAM8_BLOCK = 1024  # FFQ_MAX_BLOCK in csrc/fastquant.c
 
 def adam8_step(p: torch.Tensor, g: torch.Tensor, state: dict, block: int, b1: float,
                b2: float, step_size: float, root_c2: float, eps: float, wd: float,
-               keys: tuple[int, int, int, int] | None, *, g_scale: float | None = None,
-               start: int = 0) -> bool:
+               keys: tuple[int, int, int, int] | None, *, g_scale: float | None = None) -> bool:
     """ffint8.train.adam8's update of one parameter in one fused pass (state: its "m", "m_scale",
     "r", "r_scale"); keys: four 32-bit keys of the stochastic rounding, None to round to
     nearest. False (nothing done) where the C kernel is unavailable or does not fit.
-
     g: p's float32 gradient; or, with g_scale, an int32 accumulator whose values times g_scale
-    are the gradient (train/factored.py). start: p is the contiguous slice of its tensor that
-    begins at value `start` (a multiple of block), the state the whole tensor's: its slices
-    round as one call over the whole tensor would."""
-    lib = _usable(p)
-    exact = g_scale is not None
-    if exact:
-        fits = (g.device.type == "cpu" and g.dtype == torch.int32 and g.is_contiguous()
-                and g.numel() == p.numel())
-    else:
-        fits = _usable(g) is not None
-    if lib is None or not fits or block > MAX_ADAM8_BLOCK or start % block or start < 0:
+    are the gradient (train/factored.py)."""
+    step = adam8_bind(p, state, block, b1, b2, step_size, root_c2, eps, wd, keys)
+    if step is None or not _adam8_gradient_fits(g, p.numel(), g_scale is not None):
         return False
-    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
-    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
-        return False
-    end = start + p.numel()
-    if end > state["m"].numel() or (end % block and end <= state["m"].numel() - block):
-        return False  # past the state, or a slice that ends inside a block not the last
-    k = keys or (0, 0, 0, 0)
-    b0 = start // block
-    # scalars rounded to float32 as PyTorch rounds a Python float for a float32 tensor
-    lib.ffq_adam8(p.data_ptr(), None if exact else g.data_ptr(), g.data_ptr() if exact else None,
-                  g_scale if exact else 1.0, p.numel(), state["m"][start:].data_ptr(),
-                  state["m_scale"][b0:].data_ptr(), state["r"][start:].data_ptr(),
-                  state["r_scale"][b0:].data_ptr(), block, 1 - b1, b2, 1 - b2,
-                  step_size, root_c2, eps, wd, int(keys is not None), *k, start)
+    step(0, g, g_scale)
     return True
+
+
+def _adam8_gradient_fits(g: torch.Tensor, n: int, exact: bool) -> bool:
+    if exact:
+        return (g.device.type == "cpu" and g.dtype == torch.int32 and g.is_contiguous()
+                and g.numel() == n)
+    return _usable(g) is not None and g.numel() == n
+
+
+def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
+               step_size: float, root_c2: float, eps: float, wd: float,
+               keys: tuple[int, int, int, int] | None):
+    """adam8_step's kernel bound to one parameter, its state and one step's constants, checked
+    once: step(start, g, g_scale=None) then updates the slice of p's values start:start + n, n
+    = g.numel() (start a multiple of block; the slice ends on a block or at p's end), rounding as
+    one call over all of p would. For a loop over row blocks (Adam8.step_factored), where the
+    checks and the arguments' conversion cost more than a block's update (40 us a call, session
+    14). None where the kernel is unavailable or p's state does not fit; step raises ValueError
+    for a slice or gradient that does not."""
+    lib = _usable(p)
+    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
+    total = p.numel()
+    if (lib is None or block > MAX_ADAM8_BLOCK
+            or not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors)
+            or state["m"].numel() < -(-total // block) * block):
+        return None
+    pp, mp, msp, rp, rsp = (t.data_ptr() for t in (p, *tensors))
+    # scalars rounded to float32 (by ctypes) as PyTorch rounds a Python float for a float32 tensor
+    tail = (block, 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd, int(keys is not None),
+            *(keys or (0, 0, 0, 0)))
+    kernel = lib.ffq_adam8
+
+    def step(start: int, g: torch.Tensor, g_scale: float | None = None) -> None:
+        n = g.numel()
+        end = start + n
+        exact = g_scale is not None
+        if (start % block or start < 0 or end > total or (end % block and end != total)
+                or not _adam8_gradient_fits(g, n, exact)):
+            raise ValueError(f"adam8: values {start}:{end} of a {total}-value parameter (blocks "
+                             f"of {block}) or their {g.dtype} gradient do not fit the kernel")
+        b0 = start // block
+        kernel(pp + 4 * start, None if exact else g.data_ptr(), g.data_ptr() if exact else None,
+               g_scale if exact else 1.0, n, mp + start, msp + 4 * b0, rp + start, rsp + 4 * b0,
+               *tail, start)
+
+    return step
 
 
 def _adam_constants(lr: float, b1: float, b2: float, step: float, wd: float,

@@ -135,11 +135,11 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         state["step"] += 1
         b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, int(state["step"]))
         g_scale = float(g_q.scale * a_q.scale)  # as the plain path scales: one float32 product
-        for r0, r1, acc in self._gradient_blocks(p, g_q, a_q, row_multiple(cols, self.block)):
-            if not fastsr.adam8_step(p[r0:r1], acc, state, self.block, b1, b2,
-                                     step_size, root_c2, eps, wd, keys, g_scale=g_scale,
-                                     start=r0 * cols):
-                raise RuntimeError("step_factored: the fused adam8 kernel refused its operands")
+        step = fastsr.adam8_bind(p, state, self.block, b1, b2, step_size, root_c2, eps, wd, keys)
+        if step is None:
+            raise RuntimeError("step_factored: the fused adam8 kernel refused its operands")
+        for r0, _, acc in self._gradient_blocks(p, g_q, a_q, row_multiple(cols, self.block)):
+            step(r0 * cols, acc, g_scale)
         torch.autograd.graph.increment_version(p)  # written through a pointer
         return fastsr.absmax(p)
 
