@@ -42,7 +42,8 @@ def fake_metrics(path, algo, acc, seconds, nested=False, measured=True):
          "train_seconds": seconds,
          "epochs": [{"epoch": 1, "test_accuracy": acc - 0.02, "seconds": seconds / 2},
                     {"epoch": 2, "test_accuracy": acc, "seconds": seconds / 2}]}
-    fields = {"peak_rss_mb": 400.0, "train_memory_mb": seconds / 10, "energy_j": 3 * seconds,
+    fields = {"peak_rss_mb": 400.0, "train_memory_mb": seconds / 10,
+              "train_file_mb": seconds / 20, "energy_j": 3 * seconds,
               "energy_source": "estimate:cpu-time", "arith_energy_j": 0.5,
               "ops": {"per_epoch": {"int8_mul": 7, "int32_add": 7, "fp32_mul": 1, "fp32_add": 2,
                                     "quantized": 3}}}
@@ -87,7 +88,8 @@ def test_report_rows_csv_json_and_table(fake_bench):
     assert "| MLP | fashion-mnist | 88.00 ± 0.00 (paper 94.5; -6.50 pts) | 87.00 ± 0.00 (paper 93.8; " \
            "-6.80 pts) | 85.00 ± 1.41 (paper 94.3; -9.30 pts) | 85.00 |" in table
     assert "| 100.0 (paper 313; -68.1%) |" in table
-    assert "| mlp | fashion-mnist | bp-gdai8 | 400.0 | 0.5 | 62.5 |" in table
+    assert "| mlp | fashion-mnist | bp-gdai8 | 400.0 | 6.25 | 0.5 | 62.5 |" in table
+    assert by[("ff-int8", "1")]["train_file_mb"] == "5.0"
     # ours 100 / 200 s = 0.50x; paper 313 / 482 = 0.65x; memory 10 / 20 MB; energy 300 / 600 J
     assert "| MLP | BP-FP32 | 0.50x (paper 0.65x) | 0.50x (paper 0.47x) | 0.50x (paper 0.57x) | " \
            "-3.00 pts (paper -0.20 pts) |" in table

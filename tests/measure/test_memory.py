@@ -14,11 +14,12 @@ from ffint8.measure.memory import (
 )
 
 
-def write_status(root, rss_kb, hwm_kb):
+def write_status(root, rss_kb, hwm_kb, file_kb=None):
     d = root / "proc" / "self"
     d.mkdir(parents=True, exist_ok=True)
+    file_line = "" if file_kb is None else f"RssFile:\t{file_kb:8d} kB\n"
     (d / "status").write_text(f"Name:\tpython\nVmPeak:\t 999999 kB\nVmHWM:\t{hwm_kb:8d} kB\n"
-                              f"VmRSS:\t{rss_kb:8d} kB\nThreads:\t4\n")
+                              f"VmRSS:\t{rss_kb:8d} kB\n{file_line}Threads:\t4\n")
 
 
 def test_parses_fake_status(tmp_path):
@@ -46,6 +47,25 @@ def test_probe_on_fake_tree_subtracts_baseline_and_keeps_process_peak(tmp_path):
     assert rep.train_memory == 50_000 * 1024
     assert rep.peak_rss == 300_000 * 1024
     assert rep.to_dict()["train_memory_mb"] == pytest.approx(50_000 / 1024, abs=0.01)
+
+
+def test_probe_reports_the_file_backed_growth(tmp_path):
+    write_status(tmp_path, rss_kb=100_000, hwm_kb=100_000, file_kb=80_000)
+    probe = MemoryProbe(tmp_path)
+    probe.begin()
+    write_status(tmp_path, rss_kb=130_000, hwm_kb=140_000, file_kb=90_240)  # code run first
+    rep = probe.end()
+    assert rep.train_memory == 40_000 * 1024
+    assert rep.file_growth == 10_240 * 1024
+    assert rep.to_dict()["file_growth_mb"] == 10.0
+
+
+def test_file_growth_is_unknown_without_rssfile(tmp_path):
+    write_status(tmp_path, rss_kb=100_000, hwm_kb=100_000)  # a kernel before 4.5
+    probe = MemoryProbe(tmp_path)
+    probe.begin()
+    rep = probe.end()
+    assert rep.file_growth is None and rep.to_dict()["file_growth_mb"] is None
 
 
 def test_paused_stretch_is_left_out_of_the_loop_peak(tmp_path):

@@ -1,6 +1,7 @@
 """RunMeasurement around a real (tiny) training loop: the dict metrics.json gets."""
 
 import json
+import os
 import time
 
 import pytest
@@ -52,6 +53,9 @@ def test_end_gives_the_bench_fields_json_ready(excluded):
         assert metered >= train_s + eval_s
     assert out["energy_source"] == "estimate:cpu-time" and out["energy_j"] > 0
     assert out["peak_rss_mb"] > 10 and out["train_memory_mb"] >= 0
+    assert out["train_file_mb"] == out["measurement"]["memory"]["file_growth_mb"]
+    if os.path.exists("/proc/self/status"):  # Linux: RssFile is read
+        assert out["train_file_mb"] is not None
     want = epoch_ops("ff-int8", mlp_layers(d, cfg.hidden), cfg.batch_size, 96, look_ahead="none",
                      peer=cfg.ff.peer_weight > 0)
     assert out["ops"]["per_epoch"] == want.to_dict()

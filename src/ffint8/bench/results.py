@@ -14,11 +14,14 @@ from ffint8.fileio import atomic_path, write_text_atomic
 OPS_KEYS = ("int8_mul", "int32_add", "fp32_mul", "fp32_add", "quantized")
 # accuracy: test accuracy after the last epoch, a fraction (as in metrics.json); ops: per epoch.
 ROW_FIELDS = ("model", "dataset", "algo", "seed", "status", "accuracy", "epochs", "train_seconds",
-              "seconds_per_epoch", "peak_rss_mb", "train_memory_mb", "energy_j", "energy_source",
-              "arith_energy_j", "ops", "error")
-MEASURED = ("peak_rss_mb", "train_memory_mb", "energy_j", "energy_source", "arith_energy_j")
+              "seconds_per_epoch", "peak_rss_mb", "train_memory_mb", "train_file_mb", "energy_j",
+              "energy_source", "arith_energy_j", "ops", "error")
+# train_file_mb: the file-backed part of train_memory_mb (library code first run in the loop;
+# ffint8.measure.memory.MemoryReport.file_growth)
+MEASURED = ("peak_rss_mb", "train_memory_mb", "train_file_mb", "energy_j", "energy_source",
+            "arith_energy_j")
 NUMERIC = ("accuracy", "train_seconds", "seconds_per_epoch", "peak_rss_mb", "train_memory_mb",
-           "energy_j", "arith_energy_j")
+           "train_file_mb", "energy_j", "arith_energy_j")
 
 
 def _measured(metrics: dict, key: str):

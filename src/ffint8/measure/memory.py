@@ -48,6 +48,13 @@ def current_rss_bytes(root: str | os.PathLike = "/") -> int | None:
     return None if kb is None else kb * 1024
 
 
+def file_rss_bytes(root: str | os.PathLike = "/") -> int | None:
+    """The file-backed part of the resident set now, in bytes (RssFile: mapped files, above all
+    shared libraries' code); None where /proc is missing or the kernel predates the field."""
+    kb = _status_kb("RssFile", root)
+    return None if kb is None else kb * 1024
+
+
 def reset_peak_rss(root: str | os.PathLike = "/") -> bool:
     """Set the process's VmHWM back to its current RSS (Linux >= 4.0: write "5" to
     /proc/self/clear_refs). True when that worked; afterwards VmHWM is the peak since the reset."""
@@ -95,6 +102,10 @@ class MemoryReport:
     peak of the loop alone; False when it is the process's peak, which may predate the loop
     (then train_memory can overstate).
     cuda_peak_allocated / cuda_peak_reserved: torch's CUDA allocator peaks during the loop.
+    file_growth: RssFile at the end minus RssFile at the baseline: file-backed pages the loop
+    touched first, mostly library code run for the first time (about 10 MB of PyTorch's for
+    the MLP on x86, whichever the algorithm, session 14). Part of train_memory, but not memory
+    the training holds: shared, and given back under pressure without a write.
     """
 
     peak_rss: int | None
@@ -104,6 +115,7 @@ class MemoryReport:
     peak_reset: bool
     cuda_peak_allocated: int | None = None
     cuda_peak_reserved: int | None = None
+    file_growth: int | None = None
 
     def to_dict(self) -> dict:
         """The figures in MB (2^20 bytes), rounded to 0.01; None stays None."""
@@ -115,7 +127,8 @@ class MemoryReport:
                 "loop_peak_rss_mb": mb(self.loop_peak_rss),
                 "train_memory_mb": mb(self.train_memory), "peak_reset": self.peak_reset,
                 "cuda_peak_allocated_mb": mb(self.cuda_peak_allocated),
-                "cuda_peak_reserved_mb": mb(self.cuda_peak_reserved)}
+                "cuda_peak_reserved_mb": mb(self.cuda_peak_reserved),
+                "file_growth_mb": mb(self.file_growth)}
 
 
 class MemoryProbe:
@@ -129,6 +142,7 @@ class MemoryProbe:
         self.root = root
         self._peak_before: int | None = None
         self._baseline: int | None = None
+        self._file_baseline: int | None = None
         self._reset = False
         self._cuda = False
         self._begun = False
@@ -140,6 +154,7 @@ class MemoryProbe:
         self._peak_before = peak_rss_bytes(self.root)
         release_free_heap()  # heap freed by data loading would hide the loop's own growth
         self._baseline = current_rss_bytes(self.root)
+        self._file_baseline = file_rss_bytes(self.root)
         self._reset = reset_peak_rss(self.root)
         self._segment_peaks, self._other_peaks = [], []
         self._paused = False
@@ -178,6 +193,9 @@ class MemoryProbe:
         train = None
         if loop_peak is not None and self._baseline is not None:
             train = max(loop_peak - self._baseline, 0)
+        file_now = file_rss_bytes(self.root)
+        file_growth = (None if file_now is None or self._file_baseline is None
+                       else file_now - self._file_baseline)
         allocated = reserved = None
         if self._cuda or cuda_in_use():
             import torch
@@ -186,4 +204,5 @@ class MemoryProbe:
             reserved = int(torch.cuda.max_memory_reserved())
         return MemoryReport(peak_rss=max(peaks) if peaks else None, baseline_rss=self._baseline,
                             loop_peak_rss=loop_peak, train_memory=train, peak_reset=self._reset,
-                            cuda_peak_allocated=allocated, cuda_peak_reserved=reserved)
+                            cuda_peak_allocated=allocated, cuda_peak_reserved=reserved,
+                            file_growth=file_growth)

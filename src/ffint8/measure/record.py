@@ -90,6 +90,7 @@ class RunMeasurement:
         return {
             "peak_rss_mb": mem_d["peak_rss_mb"],
             "train_memory_mb": mem_d["train_memory_mb"],
+            "train_file_mb": mem_d["file_growth_mb"],
             "energy_j": reading.joules,
             "energy_source": reading.source,
             "arith_energy_j": arith.joules if arith else None,
