@@ -287,5 +287,7 @@ def test_bound_kernel_refuses_slices_that_do_not_fit():
     with pytest.raises(ValueError, match="values 256:556"):
         step(256, acc, 1.0)  # past the end
     step(256, acc[256:], 1.0)  # the partial last block is fine
-    state["m"] = state["m"][:256]  # a state too short for the parameter: nothing binds
-    assert fastsr.adam8_bind(p, state, 128, 0.9, 0.999, 1e-3, 1.0, 1e-8, 0.0, None) is None
+    for key, bad in (("m", state["m"][:256]), ("r_scale", state["r_scale"][:2]),
+                     ("r", state["r"].float())):  # too short for the parameter, or not codes
+        broken = dict(state, **{key: bad})
+        assert fastsr.adam8_bind(p, broken, 128, 0.9, 0.999, 1e-3, 1.0, 1e-8, 0.0, None) is None

@@ -313,9 +313,12 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
     lib = _usable(p)
     tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
     total = p.numel()
+    blocks = -(-total // block)
+    sizes = (blocks * block, blocks) * 2  # codes (padded to whole blocks) and scales
+    types = (torch.uint8, torch.float32) * 2
     if (lib is None or block > MAX_ADAM8_BLOCK
-            or not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors)
-            or state["m"].numel() < -(-total // block) * block):
+            or not all(t.is_contiguous() and t.device.type == "cpu" and t.dtype == d
+                       and t.numel() >= k for t, d, k in zip(tensors, types, sizes))):
         return None
     pp, mp, msp, rp, rsp = (t.data_ptr() for t in (p, *tensors))
     # scalars rounded to float32 (by ctypes) as PyTorch rounds a Python float for a float32 tensor
