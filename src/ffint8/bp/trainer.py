@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ffint8 import heap
 from ffint8.bp.clip import lr_scale
 from ffint8.bp.config import BP_ALGOS, BPConfig
 from ffint8.bp.grad import make_grad_quantizer
@@ -127,6 +128,7 @@ class BPTrainer:
             total += loss.detach()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            heap.after_step(step)  # as the FF loop does (ffint8.heap)
         synchronize(self.device)  # a GPU's queued work belongs to the epoch's time
         seconds = time.perf_counter() - start
         bar.close()

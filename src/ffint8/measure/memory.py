@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ffint8.heap import release_free_heap  # before the baseline and each restart (below)
+
 MB = 2**20
 
 
@@ -64,23 +66,6 @@ def reset_peak_rss(root: str | os.PathLike = "/") -> bool:
         return True
     except OSError:
         return False
-
-
-def release_free_heap() -> bool:
-    """Give the C allocator's free heap pages back to the system (glibc's malloc_trim(0)), so
-    that RSS is the memory in use. glibc keeps freed memory below its trim threshold mapped,
-    and even free holes in mid-heap; without this, what an excluded stretch (evaluation) freed
-    stays resident and counts as the next stretch's. False where there is no such call (musl,
-    macOS, Windows)."""
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
-    return True
 
 
 def cuda_in_use() -> bool:

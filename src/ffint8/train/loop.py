@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from ffint8 import heap
 from ffint8.data import (
     embed_label,
     embed_neutral,
@@ -285,6 +286,7 @@ class FFTrainer:
             total += losses.sum()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{losses.sum().item():.4f}")
+            heap.after_step(step)  # what the step freed back to the system, every few steps
         synchronize(self.device)  # a GPU's queued work belongs to the epoch's time
         seconds = time.perf_counter() - start
         bar.close()
