@@ -27,21 +27,16 @@ static inline float clamp127(float r) {
     return r > 127.0f ? 127.0f : r;
 }
 
+/* A float's bit pattern and back. */
+static inline uint32_t f2u(float x) { uint32_t b; memcpy(&b, &x, sizeof b); return b; }
+static inline float u2f(uint32_t b) { float x; memcpy(&x, &b, sizeof x); return x; }
+
 /* |x|'s bit pattern: for |x| the unsigned integer order is the float order, and every NaN or
  * Inf pattern (>= 0x7f800000) is above every finite one. */
-static inline uint32_t abs_bits(float x) {
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    return b & 0x7fffffffu;
-}
+static inline uint32_t abs_bits(float x) { return f2u(x) & 0x7fffffffu; }
 
 /* The largest |x| from the largest abs_bits: NaN where it is a NaN or Inf pattern. */
-static inline float amax_of_bits(uint32_t top) {
-    if (top >= 0x7f800000u) return NAN;
-    float out;
-    memcpy(&out, &top, sizeof out);
-    return out;
-}
+static inline float amax_of_bits(uint32_t top) { return top >= 0x7f800000u ? NAN : u2f(top); }
 
 /* Stochastic rounding of v, the rounding noise hashed from the element's index i and the two
  * keys: floor(v) + (u < frac(v)), u = top 24 bits of mix32((i ^ k1) * golden + k2) / 2^24, so
@@ -117,9 +112,6 @@ void ffq_quantize_stochastic(const float *restrict x, int8_t *restrict q, int64_
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-static inline uint32_t f2u(float x) { uint32_t b; memcpy(&b, &x, sizeof b); return b; }
-static inline float u2f(uint32_t b) { float x; memcpy(&x, &b, sizeof x); return x; }
-
 /* The e4m3 code of y, in the low 8 bits: |y| above 448 (Inf too) clamps to 448, NaN gives NaN
  * (0x7f, and the sign). stochastic: |y| goes to 3 mantissa bits, up with probability the dropped
  * fraction (noise uniform in [0, 2^20)), then values below e4m3's normal range (2^-6) to the
@@ -129,8 +121,7 @@ static inline float u2f(uint32_t b) { float x; memcpy(&x, &b, sizeof x); return 
  * a 32-bit value until the store; the clamp too is an integer min on |y|'s bit pattern (for
  * |y| the integer order is the float order). */
 static inline uint32_t e4m3_code(float y, const int stochastic, uint32_t noise) {
-    uint32_t bits = f2u(y);
-    uint32_t sign = (bits >> 24) & 0x80u, full = bits & 0x7fffffffu;
+    uint32_t sign = (f2u(y) >> 24) & 0x80u, full = abs_bits(y);
     uint32_t mag = full < 0x43e00000u ? full : 0x43e00000u; /* min(|y|, 448) */
     /* |y| with 3 mantissa bits; to nearest only at and above 2^-6 (0x3c800000), so that
      * subnormals round once, below */
