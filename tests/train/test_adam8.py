@@ -1,10 +1,15 @@
 """Adam8: Adam's update with 8-bit moments: close to torch.optim.Adam step by step, a quarter of
 its state, converges like it, exact resume through state_dict, usable from the CLI config."""
 
+import ctypes
+import math
+import shutil
+
 import pytest
 import torch
 
 from ffint8.quant import fastsr
+from ffint8.quant.blockwise import quantize_blocks
 from ffint8.train.adam8 import Adam8
 
 
@@ -291,3 +296,86 @@ def test_bound_kernel_refuses_slices_that_do_not_fit():
                      ("r", state["r"].float())):  # too short for the parameter, or not codes
         broken = dict(state, **{key: bad})
         assert fastsr.adam8_bind(p, broken, 128, 0.9, 0.999, 1e-3, 1.0, 1e-8, 0.0, None) is None
+
+
+MASK32 = 0xFFFF_FFFF
+
+
+def hashed_noise(n: int, k1: int, k2: int) -> torch.Tensor:
+    """The C kernel's rounding noise for values 0..n-1 (csrc/fastquant.c, sr_noise16), computed
+    in int64 with every product cut to 32 bits, shifted into [0, 2^20) as the kernel adds it."""
+    e = torch.arange(n, dtype=torch.int64)
+
+    def mul(x, c):
+        return (x * c) & MASK32  # wraps past 2^63 too: the low 32 bits stay right
+
+    x = (mul((e >> 1) ^ k1, 0x9E3779B9) + k2) & MASK32
+    x ^= x >> 16
+    x = mul(x, 0x7FEB352D)
+    x ^= x >> 15
+    x = mul(x, 0x846CA68B)
+    x ^= x >> 16
+    return (((x >> (16 * (e & 1))) & 0xFFFF) << 4).int()
+
+
+def first_step_state(n, block, keys, steps=1):
+    """The C kernel's state after `steps` steps from zero moments with one gradient g (after
+    the first: m = (1 - b1) g, r = |g| sqrt(1 - b2)), stored with stochastic rounding."""
+    g = torch.randn(n, generator=torch.Generator().manual_seed(3)) * 1e-3
+    g[: n // 7] *= 1e-3  # small values in blocks of large ones: the subnormal codes
+    p = torch.zeros(n)
+    state = Adam8([torch.nn.Parameter(p)], block=block, chunk=64 * block)._init_state(p)
+    step = fastsr.adam8_bind(p, state, block, 0.9, 0.999, 1e-3, 0.03, 1e-8, 0.0, keys)
+    for _ in range(steps):
+        step(0, g)
+    return g, p, state
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+@pytest.mark.parametrize("n,block", [(5000, 256), (700, 128), (1000, 96), (340, 33)])
+def test_c_kernel_rounds_stochastically_as_the_reference_does_with_its_noise(n, block):
+    # Given the kernel's hashed noise, blockwise.quantize_blocks (the PyTorch reference) must
+    # store the very same codes: the vector loops, their noise layout and the encoder at once.
+    keys = (0x1234567, 0x89ABCDE, 0xDEADBEEF, 0x600DF00D)
+    g, _, state = first_step_state(n, block, keys)
+    padded = state["m"].numel()
+    g = torch.nn.functional.pad(g, (0, padded - n))
+    w1, w2 = torch.tensor(1 - 0.9), torch.tensor(1 - 0.999)  # as float32, as ctypes passes them
+    m = w1 * g  # m + w1 (g - m) from m = 0, in the kernel's float32 operations
+    r = ((w2 * g) * g).sqrt()
+    for key, x, (k1, k2) in (("m", m, keys[:2]), ("r", r, keys[2:])):
+        codes, scale = quantize_blocks(x, block, hashed_noise(padded, k1, k2))
+        assert torch.equal(state[f"{key}_scale"], scale), key
+        assert torch.equal(state[key], codes.view(torch.uint8)), key
+    assert (state["m"] & 0x7F > 0).float().mean() > 0.9  # it stored values, not zeros
+
+
+@pytest.mark.skipif(not fastsr.available() or shutil.which("cc") is None,
+                    reason="the C kernel is not built here")
+def test_portable_build_steps_as_the_vector_build(tmp_path, monkeypatch):
+    # -DFFQ_PORTABLE builds the kernel without its AVX-512 loops, as on a Jetson or an AVX2
+    # laptop: the same weights, codes and scales, bit for bit (where this CPU has no AVX-512
+    # both builds are portable and the test still runs).
+    keys = (11, 22, 33, 44)
+    native = first_step_state(1000, 256, keys, steps=3)  # the later steps decode codes
+    assert fastsr._compile(tmp_path / "portable.so", ("-DFFQ_PORTABLE",))
+    portable_lib = fastsr.declare(ctypes.CDLL(str(tmp_path / "portable.so")))
+    monkeypatch.setattr(fastsr, "_library", lambda: portable_lib)
+    portable = first_step_state(1000, 256, keys, steps=3)
+    assert not torch.equal(native[1], torch.zeros(1000))  # it stepped
+    assert torch.equal(native[1], portable[1])
+    for key in ("m", "m_scale", "r", "r_scale"):
+        assert torch.equal(native[2][key], portable[2][key]), key
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+def test_bound_kernel_returns_the_weights_new_absmax():
+    p = torch.linspace(-1, 1, 1000)
+    state = Adam8([torch.nn.Parameter(p)], block=128)._init_state(p)
+    step = fastsr.adam8_bind(p, state, 128, 0.9, 0.999, 0.1, 0.03, 1e-8, 0.0, None)
+    g = torch.ones(1000)
+    amax = step(0, g[:512])
+    assert amax == float(p[:512].abs().max())
+    assert step(512, g[512:], amax=amax) == float(p.abs().max())
+    p[3] = float("nan")
+    assert math.isnan(step(0, g))

@@ -61,7 +61,9 @@ def _flag_sets() -> list[list[str]]:
     return [FLAGS]
 
 
-def _compile(out: Path) -> bool:
+def _compile(out: Path, extra: tuple[str, ...] = ()) -> bool:
+    """Builds csrc/fastquant.c into out with the first flag set the compiler takes, and extra
+    (a test builds with -DFFQ_PORTABLE, the code without its AVX-512 loops)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return False
@@ -69,7 +71,8 @@ def _compile(out: Path) -> bool:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_out = Path(tmp) / out.name
         for flags in _flag_sets():
-            res = subprocess.run([cc, *flags, str(SOURCE), "-o", str(tmp_out)], capture_output=True)
+            res = subprocess.run([cc, *flags, *extra, str(SOURCE), "-o", str(tmp_out)],
+                                 capture_output=True)
             if res.returncode == 0:
                 os.replace(tmp_out, out)  # atomic: a concurrent process sees all or nothing
                 return True
@@ -90,6 +93,11 @@ def _library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(path))
     except OSError:
         return None
+    return declare(lib)
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """lib (a build of csrc/fastquant.c) with its functions' C signatures set, for ctypes."""
     lib.ffq_absmax.restype = ctypes.c_float
     lib.ffq_absmax.argtypes = [ctypes.c_void_p, ctypes.c_int64]
     lib.ffq_quantize_nearest.restype = None
@@ -104,9 +112,9 @@ def _library() -> ctypes.CDLL | None:
     f, i64, u32, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
     lib.ffq_quantize_rows_nearest.restype = None
     lib.ffq_quantize_rows_nearest.argtypes = [ptr, ptr, ptr, i64, i64, f]
-    lib.ffq_adam8.restype = None
+    lib.ffq_adam8.restype = ctypes.c_float
     lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64,
-                              f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64]
+                              f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64, f]
     lib.ffq_adam_i32.restype = ctypes.c_float
     lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
     lib.ffq_adam_f32.restype = ctypes.c_float
@@ -304,12 +312,14 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
                step_size: float, root_c2: float, eps: float, wd: float,
                keys: tuple[int, int, int, int] | None):
     """adam8_step's kernel bound to one parameter, its state and one step's constants, checked
-    once: step(start, g, g_scale=None) then updates the slice of p's values start:start + n, n
-    = g.numel() (start a multiple of block; the slice ends on a block or at p's end), rounding as
-    one call over all of p would. For a loop over row blocks (Adam8.step_factored), where the
-    checks and the arguments' conversion cost more than a block's update (40 us a call, session
-    14). None where the kernel is unavailable or p's state does not fit; step raises ValueError
-    for a slice or gradient that does not."""
+    once: step(start, g, g_scale=None, amax=0.0) then updates the slice of p's values
+    start:start + n, n = g.numel() (start a multiple of block; the slice ends on a block or at
+    p's end), rounding as one call over all of p would, and returns max(amax, max|slice| after
+    the step), NaN once a value is NaN or Inf (so that a loop over slices can chain it). For a
+    loop over row blocks (Adam8.step_factored), where the checks and the arguments' conversion
+    cost more than a block's update (40 us a call, session 14). None where the kernel is
+    unavailable or p's state does not fit; step raises ValueError for a slice or gradient that
+    does not."""
     lib = _usable(p)
     tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
     total = p.numel()
@@ -326,7 +336,8 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
             *(keys or (0, 0, 0, 0)))
     kernel = lib.ffq_adam8
 
-    def step(start: int, g: torch.Tensor, g_scale: float | None = None) -> None:
+    def step(start: int, g: torch.Tensor, g_scale: float | None = None,
+             amax: float = 0.0) -> float:
         n = g.numel()
         end = start + n
         exact = g_scale is not None
@@ -335,9 +346,9 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
             raise ValueError(f"adam8: values {start}:{end} of a {total}-value parameter (blocks "
                              f"of {block}) or their {g.dtype} gradient do not fit the kernel")
         b0 = start // block
-        kernel(pp + 4 * start, None if exact else g.data_ptr(), g.data_ptr() if exact else None,
+        return kernel(pp + 4 * start, None if exact else g.data_ptr(), g.data_ptr() if exact else None,
                g_scale if exact else 1.0, n, mp + start, msp + 4 * b0, rp + start, rsp + 4 * b0,
-               *tail, start)
+               *tail, start, amax)
 
     return step
 

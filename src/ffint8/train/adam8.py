@@ -14,11 +14,13 @@ range) takes no step rather than m / eps.
 Two paths: a fused C kernel (csrc/fastquant.c, built on first use like the quantiser; one pass
 per block, stochastic rounding from a counter-based hash) and this file's PyTorch code, the
 reference and the fallback where no C compiler is found. Both round alike (tested: the same codes
-with rounding to nearest). A step costs more than fused torch.optim.Adam's
-(benchmarks/optim_step.py, MLP 784-1000-1000, one thread, session 14: the C kernel 2.7x, the
-PyTorch path 21x): Adam's arithmetic, and for each moment an e4m3 decode, a hash and an
-encode, computed in 32-bit integer operations that vectorise (the kernel was 5x while it
-looked values up in a table, a gather, and branched in its encoder). It trades time for memory.
+with rounding to nearest, and the same with stochastic rounding where the reference is given the
+kernel's hashed noise). A step costs more than fused torch.optim.Adam's
+(benchmarks/optim_step.py, MLP 784-1000-1000, one thread, session 15: the C kernel 2.2x, the
+PyTorch path 23x): Adam's arithmetic, and for each moment an e4m3 decode, its share of a hash
+(one per two values) and an encode, in operations that vectorise (the kernel was 5x while it
+looked values up in a table, a gather, and branched in its encoder; 2.7x with a hash per
+value). It trades time for memory.
 
 Why not a library: torchao's 8-bit optimisers need torch.compile (a C++ toolchain at run time,
 and the compiler's memory), which edge boards lack; bitsandbytes' are CUDA-first.
@@ -138,10 +140,11 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         step = fastsr.adam8_bind(p, state, self.block, b1, b2, step_size, root_c2, eps, wd, keys)
         if step is None:
             raise RuntimeError("step_factored: the fused adam8 kernel refused its operands")
+        amax = 0.0
         for r0, _, acc in self._gradient_blocks(p, g_q, a_q, row_multiple(cols, self.block)):
-            step(r0 * cols, acc, g_scale)
+            amax = step(r0 * cols, acc, g_scale, amax)
         torch.autograd.graph.increment_version(p)  # written through a pointer
-        return fastsr.absmax(p)
+        return amax
 
     def _update(self, p: torch.Tensor, state: dict, group: dict, t: int) -> None:
         b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, t)

@@ -134,6 +134,15 @@ static inline uint32_t e4m3_code(float y, const int stochastic, uint32_t noise) 
     return sign | (full > 0x7f800000u ? 0x7fu : code);
 }
 
+/* The stochastic rounding noise of value e of a tensor (its index): 16 bits, two values to one
+ * 32-bit hash, value e taking half e % 2 (the low half first) of mix32(((e / 2) ^ k1) * golden
+ * + k2). Laid out in memory on a little-endian machine, the hashes of consecutive indices are
+ * the noise of consecutive values, so vector loops read them in order. e4m3_code takes it
+ * shifted to [0, 2^20): P(up) is the dropped fraction to within 2^-16 of a spacing. */
+static inline uint32_t sr_noise16(uint32_t e, uint32_t k1, uint32_t k2) {
+    return (mix32(((e >> 1) ^ k1) * 0x9e3779b9U + k2) >> (16u * (e & 1u))) & 0xffffu;
+}
+
 /* The value of e4m3 code c (the inverse of e4m3_code; 0x7f and 0xff are NaN), computed rather
  * than looked up: a table lookup is a gather, which costs more than these few operations. */
 static inline float e4m3_decode(uint32_t c) {
@@ -145,9 +154,46 @@ static inline float e4m3_decode(uint32_t c) {
     return u2f(f2u(a) | (c & 0x80u) << 24);
 }
 
+/* AVX-512 (F, BW, VL) forms of the two block loops, with the hardware's float16 conversions;
+ * FFQ_PORTABLE builds without them (the tests do, to check that both give the same codes). */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(FFQ_PORTABLE)
+#include <immintrin.h>
+#define FFQ_AVX512 1
+
+/* out[i] = value of code c[i] times sc, for a block a multiple of 16: the code's float16 form
+ * (magnitude << 7, sign at bit 15, NaN for 0x7f) converted by the hardware, times sc * 2^8. The
+ * same values as e4m3_decode(c) * sc: both are the exact product rounded once. */
+static void e4m3_load16(const uint8_t *restrict c, float *restrict out, float sc, int64_t block) {
+    const __m512 times = _mm512_set1_ps(sc * 256.0f);
+    const __m256i low7 = _mm256_set1_epi16(0x7f), sgn = _mm256_set1_epi16(0x80),
+                  nan = _mm256_set1_epi16(0x7e00);
+    for (int64_t i = 0; i < block; i += 16) {
+        __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(c + i)));
+        __m256i mag = _mm256_and_si256(w, low7);
+        __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7),
+                                    _mm256_slli_epi16(_mm256_and_si256(w, sgn), 8));
+        h = _mm256_mask_mov_epi16(h, _mm256_cmpeq_epi16_mask(mag, low7), nan);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_cvtph_ps(h), times));
+    }
+}
+
+#endif
+
+/* Block x's values times sc, from its codes. */
+static void e4m3_load(const uint8_t *restrict c, float *restrict out, float sc, int64_t block) {
+#ifdef FFQ_AVX512
+    if (block % 16 == 0) {
+        e4m3_load16(c, out, sc, block);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < block; i++) out[i] = e4m3_decode(c[i]) * sc;
+}
+
 /* Store block x as codes and one scale: absmax / 448, at least FLT_MIN (so that 1 / scale is
- * finite: a block of tiny values stores zeros), x * (1 / scale) rounded. Written as two loops,
- * one per rounding, with a 32-bit index: each then vectorises without masks or 64-bit lanes. */
+ * finite: a block of tiny values stores zeros), x * (1 / scale) rounded. offset: x[0]'s index in
+ * its tensor, for the rounding noise. Written as one loop per rounding, with a 32-bit index:
+ * each then vectorises without masks or 64-bit lanes. */
 static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *restrict scale,
                        int64_t block, int stochastic, uint32_t k1, uint32_t k2, int64_t offset) {
     float s = ffq_absmax(x, block) / 448.0f; /* NaN if any is NaN or Inf */
@@ -156,15 +202,27 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
     float inv = 1.0f / s;
     int nb = (int)block;
     uint32_t at = (uint32_t)offset;
-    if (stochastic) {
-        for (int i = 0; i < nb; i++) {
-            float y = x[i] * inv; /* |y| <= 448 but for float32's rounding: e4m3_code clamps */
-            uint32_t noise = mix32(((at + (uint32_t)i) ^ k1) * 0x9e3779b9U + k2) >> 12;
-            codes[i] = (uint8_t)e4m3_code(y, 1, noise);
-        }
-    } else {
+    if (!stochastic) {
         for (int i = 0; i < nb; i++) codes[i] = (uint8_t)e4m3_code(x[i] * inv, 0, 0);
+        return;
     }
+    /* |y| <= 448 but for float32's rounding: e4m3_code clamps */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (nb % 2 == 0 && at % 2 == 0) {
+        /* sr_noise16's hashes, once per two values, read back as 16-bit halves: two loops
+         * that vectorise */
+        uint32_t h[FFQ_MAX_BLOCK / 2];
+        uint16_t noise[FFQ_MAX_BLOCK];
+        for (int l = 0; l < nb / 2; l++)
+            h[l] = mix32((((at >> 1) + (uint32_t)l) ^ k1) * 0x9e3779b9U + k2);
+        memcpy(noise, h, (size_t)nb * 2); /* not a cast: C's aliasing rules */
+        for (int i = 0; i < nb; i++)
+            codes[i] = (uint8_t)e4m3_code(x[i] * inv, 1, (uint32_t)noise[i] << 4);
+        return;
+    }
+#endif
+    for (int i = 0; i < nb; i++)
+        codes[i] = (uint8_t)e4m3_code(x[i] * inv, 1, sr_noise16(at + (uint32_t)i, k1, k2) << 4);
 }
 
 /* One Adam step of n parameters p with gradient g (L2 weight decay wd added to it), the first
@@ -175,14 +233,17 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
  * g NULL: the gradient is acc[i] * g_scale instead, an int8 GEMM's exact int32 result times its
  * two scales (as ffq_adam_i32 takes it), so no float32 gradient is written. base: the index of
  * p[0] in its tensor, where a caller steps a tensor a slice at a time (a multiple of block):
- * the rounding noise is hashed from base + i, so slices round as one call over the whole would. */
-void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restrict acc,
+ * the rounding noise is hashed from base + i, so slices round as one call over the whole would.
+ * Returns max(amax_in, max|p| after the step) as ffq_adam_i32 does (NaN once any p is NaN or
+ * Inf), so that the caller can quantise the new weight without another pass to find it. */
+float ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restrict acc,
                float g_scale, int64_t n, uint8_t *restrict mc,
                float *restrict ms, uint8_t *restrict rc, float *restrict rs, int64_t block,
                float w1, float b2, float w2, float step_size,
                float root_c2, float eps, float wd, int stochastic, uint32_t k1, uint32_t k2,
-               uint32_t k3, uint32_t k4, int64_t base) {
+               uint32_t k3, uint32_t k4, int64_t base, float amax_in) {
     float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK], gb[FFQ_MAX_BLOCK], pb[FFQ_MAX_BLOCK];
+    uint32_t top = abs_bits(amax_in);
     float inv_root_c2 = 1.0f / root_c2;
     for (int64_t o = 0; o < n; o += block) {
         int64_t len = n - o < block ? n - o : block;
@@ -195,10 +256,8 @@ void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restri
         if (wd != 0.0f)
             for (int64_t i = 0; i < block; i++) gb[i] = gb[i] + wd * pb[i];
         float msc = ms[b], rsc = rs[b];
-        for (int64_t i = 0; i < block; i++) {
-            m[i] = e4m3_decode(mc[o + i]) * msc;
-            r[i] = e4m3_decode(rc[o + i]) * rsc;
-        }
+        e4m3_load(mc + o, m, msc, block);
+        e4m3_load(rc + o, r, rsc, block);
         for (int64_t i = 0; i < block; i++) {
             float gi = gb[i];
             float mi = m[i] + w1 * (gi - m[i]);              /* lerp_ with weight w1 = 1 - b1 */
@@ -208,10 +267,15 @@ void ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restri
             m[i] = mi;
             r[i] = ri;
         }
-        for (int64_t i = 0; i < len; i++) p[o + i] = pb[i];
+        for (int64_t i = 0; i < len; i++) {
+            p[o + i] = pb[i];
+            uint32_t a = abs_bits(pb[i]);
+            top = a > top ? a : top;
+        }
         e4m3_store(m, mc + o, ms + b, block, stochastic, k1, k2, base + o);
         e4m3_store(r, rc + o, rs + b, block, stochastic, k3, k4, base + o);
     }
+    return amax_of_bits(top);
 }
 
 /* One Adam step of n float32 parameters p. Its gradient is either acc[i] * g_scale, acc an int32
