@@ -379,3 +379,48 @@ def test_bound_kernel_returns_the_weights_new_absmax():
     assert step(512, g[512:], amax=amax) == float(p.abs().max())
     p[3] = float("nan")
     assert math.isnan(step(0, g))
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+@pytest.mark.parametrize("n,d,k", [(100, 784, 64), (70, 1000, 62), (33, 40, 5)])
+def test_step_factored_forms_rows_in_the_kernel_as_int8_mm_does(n, d, k):
+    # adam8_factored (the gradient's rows by VNNI dot products, in the kernel) against the row
+    # blocks from int8_mm: integer sums, the same noise by index, so bit-equal weights and state.
+    # On a CPU without VNNI both take the second path and the test still runs.
+    from ffint8.quant import QTensor
+
+    gen = torch.Generator().manual_seed(n)
+    g_q = QTensor(torch.randint(-127, 128, (k, n), generator=gen, dtype=torch.int8),
+                  torch.tensor(3e-4))
+    a_q = QTensor(torch.randint(-127, 128, (k, d), generator=gen, dtype=torch.int8),
+                  torch.tensor(2e-3))
+    out = []
+    for vnni in (True, False):
+        p = torch.nn.Parameter(torch.randn(n, d, generator=torch.Generator().manual_seed(1)))
+        opt = Adam8([p], block=128, chunk=1024)
+        opt.vnni = vnni
+        amaxes = [opt.step_factored(p, g_q, a_q) for _ in range(3)]
+        out.append((p.detach().clone(), opt.state[p], amaxes))
+    (pa, sa, aa), (pb, sb, ab) = out
+    assert not torch.equal(pa, torch.randn(n, d, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(pa, pb)
+    assert aa == ab and aa[-1] == float(pa.abs().max())
+    for key in ("m", "m_scale", "r", "r_scale"):
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+def test_adam8_factored_refuses_what_does_not_fit():
+    p = torch.zeros(32, 40)
+    state = Adam8([torch.nn.Parameter(p)], block=128)._init_state(p)
+    g, a = torch.zeros(8, 32, dtype=torch.int8), torch.zeros(8, 40, dtype=torch.int8)
+    need = fastsr.adam8_factored_scratch(p, 8, 16)
+    if not need:
+        pytest.skip("the kernel has no VNNI loop on this CPU")
+    scratch = torch.empty(need, dtype=torch.uint8)
+    args = (state, 128, 0.9, 0.999, 1e-3, 1.0, 1e-8, 0.0, None)
+    assert fastsr.adam8_factored(p, g, a, 1.0, *args, 16, scratch) == 0.0
+    assert fastsr.adam8_factored(p, g, a, 1.0, *args, 16, scratch[:-1]) is None  # too small
+    assert fastsr.adam8_factored(p, g, a, 1.0, *args, 3, scratch) is None  # 3 * 40 % 128
+    assert fastsr.adam8_factored(p, g.int(), a, 1.0, *args, 16, scratch) is None
+    assert fastsr.adam8_factored(p, g[:, :31], a, 1.0, *args, 16, scratch) is None

@@ -115,6 +115,12 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ffq_adam8.restype = ctypes.c_float
     lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64, f]
+    lib.ffq_adam8_factored_scratch.restype = i64
+    lib.ffq_adam8_factored_scratch.argtypes = [i64, i64, i64, i64]
+    lib.ffq_adam8_factored.restype = ctypes.c_float
+    lib.ffq_adam8_factored.argtypes = [ptr, i64, i64, ptr, ptr, i64, f, ptr, ptr, ptr, ptr, i64,
+                                       f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32,
+                                       i64, ptr]
     lib.ffq_adam_i32.restype = ctypes.c_float
     lib.ffq_adam_i32.argtypes = [ptr, ptr, ptr, ptr, i64, f, f, f, f, f, f, f, f, f, f]
     lib.ffq_adam_f32.restype = ctypes.c_float
@@ -351,6 +357,43 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
                *tail, start, amax)
 
     return step
+
+
+def adam8_factored_scratch(p: torch.Tensor, k: int, rows: int) -> int:
+    """Bytes of scratch adam8_factored needs to step the 2-D weight p from k factor rows,
+    `rows` rows at a time; 0 where it cannot (no C kernel, or one built without AVX-512 VNNI)."""
+    lib = _usable(p)
+    if lib is None or p.dim() != 2:
+        return 0
+    return lib.ffq_adam8_factored_scratch(p.shape[0], p.shape[1], k, rows)
+
+
+def adam8_factored(p: torch.Tensor, g_q: torch.Tensor, a_q: torch.Tensor, g_scale: float,
+                   state: dict, block: int, b1: float, b2: float, step_size: float,
+                   root_c2: float, eps: float, wd: float, keys: tuple[int, int, int, int] | None,
+                   rows: int, scratch: torch.Tensor) -> float | None:
+    """adam8_step for the (N, D) weight p whose gradient is g_scale * g_q^T a_q (g_q (K, N),
+    a_q (K, D) int8), its int32 rows formed `rows` at a time in scratch (a uint8 tensor of
+    adam8_factored_scratch bytes) by the C kernel's VNNI loop and stepped at once: no
+    accumulator tensor, no int8 GEMM call per row block. rows: a multiple of block / gcd(D,
+    block). Returns max|p| after the step (NaN for a value not finite); None (nothing done)
+    where the kernel cannot: the caller then forms the rows with int8_mm, the same update."""
+    n, d = p.shape if p.dim() == 2 else (0, 0)
+    k = g_q.shape[0] if g_q.dim() == 2 else 0
+    need = adam8_factored_scratch(p, k, rows) if n else 0
+    step = adam8_bind(p, state, block, b1, b2, step_size, root_c2, eps, wd, keys) if need else None
+    if (step is None or rows < 1 or (rows * d) % block
+            or not all(t.device.type == "cpu" and t.dtype == torch.int8 and t.is_contiguous()
+                       for t in (g_q, a_q))
+            or g_q.shape != (k, n) or a_q.shape != (k, d)
+            or scratch.dtype != torch.uint8 or not scratch.is_contiguous()
+            or scratch.numel() < need):
+        return None
+    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
+    return _library().ffq_adam8_factored(
+        p.data_ptr(), n, d, g_q.data_ptr(), a_q.data_ptr(), k, g_scale,
+        *(t.data_ptr() for t in tensors), block, 1 - b1, b2, 1 - b2, step_size, root_c2, eps,
+        wd, int(keys is not None), *(keys or (0, 0, 0, 0)), rows, scratch.data_ptr())
 
 
 def _adam_constants(lr: float, b1: float, b2: float, step: float, wd: float,

@@ -11,6 +11,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(FFQ_PORTABLE)
+#include <immintrin.h>
+#endif
 
 /* A 32-bit integer hash with good avalanche (lowbias32, C. Wellons). */
 static inline uint32_t mix32(uint32_t x) {
@@ -157,7 +160,6 @@ static inline float e4m3_decode(uint32_t c) {
 /* AVX-512 (F, BW, VL) forms of the two block loops, with the hardware's float16 conversions;
  * FFQ_PORTABLE builds without them (the tests do, to check that both give the same codes). */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(FFQ_PORTABLE)
-#include <immintrin.h>
 #define FFQ_AVX512 1
 
 /* out[i] = value of code c[i] times sc, for a block a multiple of 16: the code's float16 form
@@ -276,6 +278,114 @@ float ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restr
         e4m3_store(r, rc + o, rs + b, block, stochastic, k3, k4, base + o);
     }
     return amax_of_bits(top);
+}
+
+/* ---- adam8 from the int8 factors of a dense weight's gradient, g_W = g_q^T a_q: the int32
+ * gradient formed a few rows at a time in a small buffer, by AVX-512 VNNI dot products, and
+ * stepped at once (ffint8.train.adam8, Adam8.step_factored). Where the CPU has no VNNI the
+ * library does not offer it (ffq_adam8_factored_scratch returns 0) and the caller forms the rows
+ * with torch._int_mm instead: integer sums, so the same update either way. ---- */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__) \
+    && !defined(FFQ_PORTABLE)
+#define FFQ_VNNI 1
+
+/* out (rows, d) = gt (rows, kp) x a (kp, d), all int32 sums exact: gt the rows' int8 factors
+ * (kp a multiple of 4, zero padded), a4 the quads of a + 128 as unsigned bytes, laid out
+ * (kp / 4, d, 4) for vpdpbusd (unsigned times signed bytes), corr[r] = 128 * sum_k gt[r, k],
+ * which takes the offset back out. Columns 64 at a time (a's slab stays in L1 across rows). */
+static void gemm_rows_vnni(const int8_t *restrict gt, int64_t kp, const uint8_t *restrict a4,
+                           const int32_t *restrict corr, int64_t rows, int64_t d,
+                           int32_t *restrict out) {
+    for (int64_t c = 0; c < d; c += 64) {
+        __mmask16 mask[4];
+        for (int j = 0; j < 4; j++) {
+            int64_t left = d - c - 16 * j;
+            mask[j] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(),
+                              _mm512_setzero_si512(), _mm512_setzero_si512()};
+            for (int64_t q = 0; q < kp / 4; q++) {
+                int32_t quad;
+                memcpy(&quad, gt + r * kp + 4 * q, 4);
+                __m512i b = _mm512_set1_epi32(quad);
+                const uint8_t *slab = a4 + (q * d + c) * 4;
+                for (int j = 0; j < 4; j++)
+                    acc[j] = _mm512_dpbusd_epi32(
+                        acc[j], _mm512_maskz_loadu_epi32(mask[j], slab + 64 * j), b);
+            }
+            __m512i off = _mm512_set1_epi32(corr[r]);
+            for (int j = 0; j < 4; j++)
+                _mm512_mask_storeu_epi32(out + r * d + c + 16 * j, mask[j],
+                                         _mm512_sub_epi32(acc[j], off));
+        }
+    }
+}
+#endif
+
+/* Bytes of scratch ffq_adam8_factored needs for an (n, d) weight, k factor rows and row blocks
+ * of `rows`; 0 where this build has no VNNI loop (the caller then forms the gradient itself). */
+int64_t ffq_adam8_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows) {
+#ifdef FFQ_VNNI
+    int64_t kp = (k + 3) / 4 * 4;
+    return n * kp + kp * d + 4 * n + 4 * rows * d + 64;
+#else
+    (void)n; (void)d; (void)k; (void)rows;
+    return 0;
+#endif
+}
+
+/* One adam8 step (ffq_adam8, from the start of the tensor) of the (n, d) float32 weight p whose
+ * gradient is g_scale * gq^T aq: gq (k, n) and aq (k, d) int8, row-major. Rows `rows` at a time
+ * (a multiple of block / gcd(d, block), so every row block starts on a block of the state),
+ * their exact int32 gradient in scratch (ffq_adam8_factored_scratch bytes). Returns what
+ * ffq_adam8 returns (max|p| after the step), or -1 where this build has no VNNI loop. */
+float ffq_adam8_factored(float *restrict p, int64_t n, int64_t d, const int8_t *restrict gq,
+                         const int8_t *restrict aq, int64_t k, float g_scale,
+                         uint8_t *restrict mc, float *restrict ms, uint8_t *restrict rc,
+                         float *restrict rs, int64_t block, float w1, float b2, float w2,
+                         float step_size, float root_c2, float eps, float wd, int stochastic,
+                         uint32_t k1, uint32_t k2, uint32_t k3, uint32_t k4, int64_t rows,
+                         uint8_t *restrict scratch) {
+#ifdef FFQ_VNNI
+    int64_t kp = (k + 3) / 4 * 4;
+    int8_t *gt = (int8_t *)scratch;                       /* (n, kp) */
+    uint8_t *a4 = scratch + n * kp;                       /* (kp / 4, d, 4) */
+    uintptr_t at = (uintptr_t)(a4 + kp * d);
+    int32_t *corr = (int32_t *)((at + 63) & ~(uintptr_t)63); /* (n,) */
+    int32_t *out = corr + n;                              /* (rows, d) */
+    for (int64_t r = 0; r < n; r++) {
+        int32_t sum = 0;
+        for (int64_t j = 0; j < kp; j++) {
+            int8_t v = j < k ? gq[j * n + r] : 0;
+            gt[r * kp + j] = v;
+            sum += v;
+        }
+        corr[r] = 128 * sum;
+    }
+    for (int64_t q = 0; q < kp / 4; q++)
+        for (int64_t c = 0; c < d; c++)
+            for (int64_t j = 0; j < 4; j++) {
+                int64_t row = 4 * q + j;
+                a4[(q * d + c) * 4 + j] = (uint8_t)((row < k ? aq[row * d + c] : 0) + 128);
+            }
+    float amax = 0.0f;
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+        int64_t len = n - r0 < rows ? n - r0 : rows;
+        gemm_rows_vnni(gt + r0 * kp, kp, a4, corr + r0, len, d, out);
+        int64_t o = r0 * d;
+        amax = ffq_adam8(p + o, NULL, out, g_scale, len * d, mc + o, ms + o / block, rc + o,
+                         rs + o / block, block, w1, b2, w2, step_size, root_c2, eps, wd,
+                         stochastic, k1, k2, k3, k4, o, amax);
+    }
+    return amax;
+#else
+    (void)p; (void)n; (void)d; (void)gq; (void)aq; (void)k; (void)g_scale; (void)mc; (void)ms;
+    (void)rc; (void)rs; (void)block; (void)w1; (void)b2; (void)w2; (void)step_size;
+    (void)root_c2; (void)eps; (void)wd; (void)stochastic; (void)k1; (void)k2; (void)k3;
+    (void)k4; (void)rows; (void)scratch;
+    return -1.0f;
+#endif
 }
 
 /* One Adam step of n float32 parameters p. Its gradient is either acc[i] * g_scale, acc an int32
