@@ -414,7 +414,7 @@ def test_adam8_factored_refuses_what_does_not_fit():
     p = torch.zeros(32, 40)
     state = Adam8([torch.nn.Parameter(p)], block=128)._init_state(p)
     g, a = torch.zeros(8, 32, dtype=torch.int8), torch.zeros(8, 40, dtype=torch.int8)
-    need = fastsr.adam8_factored_scratch(p, 8, 16)
+    need = fastsr.factored_scratch(p, 8, 16)
     if not need:
         pytest.skip("the kernel has no VNNI loop on this CPU")
     scratch = torch.empty(need, dtype=torch.uint8)

@@ -86,6 +86,7 @@ def test_blocks_give_the_same_step():
     shape = (50, 32)
     one = pair(shape)
     many = pair(shape)
+    one[1].vnni = many[1].vnni = False  # the int8_mm row blocks (the other path: below)
     many[1].block_bytes = 4 * 32 * 7  # 7 rows a block: 8 blocks
     assert many[1].block_rows(32) == 7 and many[1].block_rows(32, multiple=4) == 4
     gen = torch.Generator().manual_seed(1)
@@ -99,11 +100,32 @@ def test_blocks_give_the_same_step():
 @needs_lib
 def test_accumulator_memory_is_reused():
     a, fa, *_ = pair((30, 20))
+    fa.vnni = False  # the int8_mm path's accumulator
     gen = torch.Generator().manual_seed(2)
     fa.step_factored(a, *factors(8, 30, 20, gen))
     first = fa._acc
     fa.step_factored(a, *factors(8, 30, 20, gen))
     assert fa._acc is first and first.numel() == 600
+
+
+@needs_lib
+@pytest.mark.parametrize("shape,k", [((50, 32), 16), ((70, 1000), 64), ((33, 40), 7),
+                                     ((130, 784), 62)])
+def test_kernel_rows_give_the_int8_mm_blocks_step(shape, k):
+    # The C kernel's own row loop (AVX-512 VNNI, where the CPU has it) against the int8_mm row
+    # blocks: integer sums, so bit-equal weights, moments and max|W|; where the CPU has no
+    # VNNI both take the int8_mm path and the test still runs.
+    own, blocks = pair(shape), pair(shape)
+    blocks[1].vnni = False
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        f = factors(k, *shape, gen)
+        assert own[1].step_factored(own[0], *f) == blocks[1].step_factored(blocks[0], *f)
+    assert torch.equal(own[0], blocks[0])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(own[1].state[own[0]][key], blocks[1].state[blocks[0]][key]), key
+    if fastsr.factored_scratch(own[0], k, 64):  # the kernel's path ran: its scratch is kept
+        assert own[1]._scratch is not None and own[1]._acc is None
 
 
 @needs_lib

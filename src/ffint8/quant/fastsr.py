@@ -115,8 +115,11 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ffq_adam8.restype = ctypes.c_float
     lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64, f]
-    lib.ffq_adam8_factored_scratch.restype = i64
-    lib.ffq_adam8_factored_scratch.argtypes = [i64, i64, i64, i64]
+    lib.ffq_factored_scratch.restype = i64
+    lib.ffq_factored_scratch.argtypes = [i64, i64, i64, i64]
+    lib.ffq_adam_i32_factored.restype = ctypes.c_float
+    lib.ffq_adam_i32_factored.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, i64,
+                                          f, f, f, f, f, f, f, f, f, i64, ptr]
     lib.ffq_adam8_factored.restype = ctypes.c_float
     lib.ffq_adam8_factored.argtypes = [ptr, i64, i64, ptr, ptr, i64, f, ptr, ptr, ptr, ptr, i64,
                                        f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32,
@@ -359,13 +362,29 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
     return step
 
 
-def adam8_factored_scratch(p: torch.Tensor, k: int, rows: int) -> int:
-    """Bytes of scratch adam8_factored needs to step the 2-D weight p from k factor rows,
-    `rows` rows at a time; 0 where it cannot (no C kernel, or one built without AVX-512 VNNI)."""
+def factored_scratch(p: torch.Tensor, k: int, rows: int) -> int:
+    """Bytes of scratch adam8_factored or adam_int32_factored needs to step the 2-D weight p from
+    k factor rows, `rows` rows at a time; 0 where they cannot (no C kernel, or one built without
+    AVX-512 VNNI)."""
     lib = _usable(p)
     if lib is None or p.dim() != 2:
         return 0
-    return lib.ffq_adam8_factored_scratch(p.shape[0], p.shape[1], k, rows)
+    return lib.ffq_factored_scratch(p.shape[0], p.shape[1], k, rows)
+
+
+def _factors_fit(p: torch.Tensor, g_q: torch.Tensor, a_q: torch.Tensor, rows: int,
+                 scratch: torch.Tensor) -> bool:
+    """The factored kernels' rules: int8 contiguous factors (K, N) and (K, D) of the (N, D) p,
+    rows >= 1, a uint8 scratch of factored_scratch bytes (which is 0 where they cannot run)."""
+    if p.dim() != 2 or g_q.dim() != 2 or rows < 1:
+        return False
+    (n, d), k = p.shape, g_q.shape[0]
+    need = factored_scratch(p, k, rows)
+    return (need > 0 and g_q.shape == (k, n) and a_q.shape == (k, d)
+            and all(t.device.type == "cpu" and t.dtype == torch.int8 and t.is_contiguous()
+                    for t in (g_q, a_q))
+            and scratch.dtype == torch.uint8 and scratch.is_contiguous()
+            and scratch.numel() >= need)
 
 
 def adam8_factored(p: torch.Tensor, g_q: torch.Tensor, a_q: torch.Tensor, g_scale: float,
@@ -378,17 +397,10 @@ def adam8_factored(p: torch.Tensor, g_q: torch.Tensor, a_q: torch.Tensor, g_scal
     accumulator tensor, no int8 GEMM call per row block. rows: a multiple of block / gcd(D,
     block). Returns max|p| after the step (NaN for a value not finite); None (nothing done)
     where the kernel cannot: the caller then forms the rows with int8_mm, the same update."""
-    n, d = p.shape if p.dim() == 2 else (0, 0)
-    k = g_q.shape[0] if g_q.dim() == 2 else 0
-    need = adam8_factored_scratch(p, k, rows) if n else 0
-    step = adam8_bind(p, state, block, b1, b2, step_size, root_c2, eps, wd, keys) if need else None
-    if (step is None or rows < 1 or (rows * d) % block
-            or not all(t.device.type == "cpu" and t.dtype == torch.int8 and t.is_contiguous()
-                       for t in (g_q, a_q))
-            or g_q.shape != (k, n) or a_q.shape != (k, d)
-            or scratch.dtype != torch.uint8 or not scratch.is_contiguous()
-            or scratch.numel() < need):
+    if (not _factors_fit(p, g_q, a_q, rows, scratch) or (rows * p.shape[1]) % block
+            or adam8_bind(p, state, block, b1, b2, step_size, root_c2, eps, wd, keys) is None):
         return None
+    (n, d), k = p.shape, g_q.shape[0]
     tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
     return _library().ffq_adam8_factored(
         p.data_ptr(), n, d, g_q.data_ptr(), a_q.data_ptr(), k, g_scale,
@@ -431,6 +443,26 @@ def adam_int32(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, acc: torch.Ten
     moments, (l2, decay) = _adam_constants(lr, b1, b2, step, wd, decoupled)
     return lib.ffq_adam_i32(p.data_ptr(), m.data_ptr(), v.data_ptr(), acc.data_ptr(), p.numel(),
                             g_scale, *moments, eps, l2, decay, amax)
+
+
+def adam_int32_factored(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g_q: torch.Tensor,
+                        a_q: torch.Tensor, g_scale: float, lr: float, b1: float, b2: float,
+                        step: float, eps: float, wd: float, decoupled: bool, rows: int,
+                        scratch: torch.Tensor) -> float | None:
+    """adam_int32 for the (N, D) weight p whose gradient is g_scale * g_q^T a_q (g_q (K, N),
+    a_q (K, D) int8), its int32 rows formed `rows` at a time in scratch (factored_scratch bytes)
+    by the C kernel's VNNI loop: no accumulator tensor, no int8 GEMM call. rows * D must be a
+    multiple of 64, so that the update is one call's over all of p. Returns max|p| after the
+    step (NaN for a value not finite); None (nothing done) where the kernel cannot."""
+    lib = _adam_fits(p, m, v, p, torch.float32)
+    if (lib is None or not _factors_fit(p, g_q, a_q, rows, scratch)
+            or (rows * p.shape[1]) % 64):
+        return None
+    moments, (l2, decay) = _adam_constants(lr, b1, b2, step, wd, decoupled)
+    (n, d), k = p.shape, g_q.shape[0]
+    return lib.ffq_adam_i32_factored(p.data_ptr(), m.data_ptr(), v.data_ptr(), n, d,
+                                     g_q.data_ptr(), a_q.data_ptr(), k, g_scale, *moments, eps,
+                                     l2, decay, rows, scratch.data_ptr())
 
 
 def adam_float(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, lr: float,

@@ -49,12 +49,6 @@ from ffint8.train.factored import FactoredStep
 ADAM8_BLOCK_BYTES = 1 << 18
 
 
-# step_factored's row blocks where the C kernel forms them itself (AVX-512 VNNI): at least this
-# many rows (a multiple of row_multiple), their int32 gradient in a buffer that stays in the L2
-# cache.
-VNNI_ROWS = 16
-
-
 def row_multiple(cols: int, block: int = 256) -> int:
     """step_factored's row blocks start on a block of the state: rows a multiple of this."""
     return block // math.gcd(cols, block) if cols else 1
@@ -86,10 +80,6 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         self._noise: torch.Tensor | None = None  # the PyTorch path's noise table, made on use
         self.kernel = kernel  # step_factored's int8 GEMM
         self._acc = None
-        # step_factored through fastsr.adam8_factored where the kernel has it (False: the row
-        # blocks' gradient from int8_mm, as on CPUs without VNNI; tests compare the two)
-        self.vnni = True
-        self._scratch: torch.Tensor | None = None
 
     def _init_state(self, p: torch.Tensor) -> dict:
         n = -(-p.numel() // self.block) * self.block  # padded to whole blocks
@@ -147,19 +137,13 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
         state["step"] += 1
         b1, b2, step_size, root_c2, eps, wd, keys = self._constants(group, int(state["step"]))
         g_scale = float(g_q.scale * a_q.scale)  # as the plain path scales: one float32 product
-        if self.vnni:  # the C kernel forms the gradient's rows itself, where it can
-            rows = row_multiple(cols, self.block)
-            rows *= max(1, VNNI_ROWS // rows)
-            need = fastsr.adam8_factored_scratch(p, g_q.q.shape[0], rows)
-            if need:
-                if self._scratch is None or self._scratch.numel() < need:
-                    self._scratch = torch.empty(need, dtype=torch.uint8)
-                amax = fastsr.adam8_factored(p, g_q.q, a_q.q, g_scale, state, self.block, b1, b2,
-                                             step_size, root_c2, eps, wd, keys, rows,
-                                             self._scratch)
-                if amax is not None:
-                    torch.autograd.graph.increment_version(p)  # written through a pointer
-                    return amax
+        fused = self._kernel_rows(p, g_q.q.shape[0], row_multiple(cols, self.block))
+        if fused is not None:
+            amax = fastsr.adam8_factored(p, g_q.q, a_q.q, g_scale, state, self.block, b1, b2,
+                                         step_size, root_c2, eps, wd, keys, *fused)
+            if amax is not None:
+                torch.autograd.graph.increment_version(p)  # written through a pointer
+                return amax
         step = fastsr.adam8_bind(p, state, self.block, b1, b2, step_size, root_c2, eps, wd, keys)
         if step is None:
             raise RuntimeError("step_factored: the fused adam8 kernel refused its operands")

@@ -22,6 +22,8 @@ Where the C kernel is not built, or a tensor does not fit, step_factored forms t
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.optim import optimizer as opt_module
 
@@ -38,6 +40,12 @@ BLOCK_BYTES = 1 << 22
 FACTORED_OPTIMIZERS = ("adam", "adamw", "adam8")
 
 
+# Where the C kernel forms a weight gradient's int32 rows itself (AVX-512 VNNI; fastsr's
+# adam_int32_factored and adam8_factored), it does so at least this many rows at a time: a
+# buffer that stays in the L2 cache, in place of the accumulator tensor and its int8 GEMM calls.
+VNNI_ROWS = 16
+
+
 def block_rows(cols: int, block_bytes: int = BLOCK_BYTES, multiple: int = 1) -> int:
     """Rows of an (N, cols) weight stepped per block: as many as block_bytes of int32
     accumulator hold, a multiple of `multiple` (at least one multiple)."""
@@ -51,6 +59,24 @@ class FactoredStep:
     kernel: Kernel = "auto"
     block_bytes: int = BLOCK_BYTES
     _acc: torch.Tensor | None = None
+    # step_factored through the C kernel's own row loop where it has one (False: the row
+    # blocks' gradient from int8_mm, as on CPUs without VNNI; tests compare the two)
+    vnni: bool = True
+    _scratch: torch.Tensor | None = None
+
+    def _kernel_rows(self, p: torch.Tensor, k: int, multiple: int
+                     ) -> tuple[int, torch.Tensor] | None:
+        """(rows, scratch) for a C kernel that forms p's gradient rows itself from k factor
+        rows, rows a multiple of `multiple`; None where none can (self.vnni off, no VNNI)."""
+        if not self.vnni:
+            return None
+        rows = multiple * max(1, VNNI_ROWS // multiple)
+        need = fastsr.factored_scratch(p, k, rows)
+        if not need:
+            return None
+        if self._scratch is None or self._scratch.numel() < need:
+            self._scratch = torch.empty(need, dtype=torch.uint8)
+        return rows, self._scratch
 
     def _accumulator(self, rows: int, cols: int) -> torch.Tensor:
         """An int32 (rows, cols) tensor in memory reused by every call. Written afresh each
@@ -127,6 +153,12 @@ class FactoredAdam(FactoredStep, torch.optim.Adam):
         m, v, hyper = self._advance(p, group)
         # the gradient's scale exactly as the plain path multiplies it: one float32 product
         g_scale = float(g_q.scale * a_q.scale)
+        fused = self._kernel_rows(p, g_q.q.shape[0], 64 // math.gcd(p.shape[1], 64))
+        if fused is not None:
+            amax = fastsr.adam_int32_factored(p, m, v, g_q.q, a_q.q, g_scale, *hyper, *fused)
+            if amax is not None:
+                torch.autograd.graph.increment_version(p)  # written through a pointer
+                return amax
         amax = 0.0
         for r0, r1, acc in self._gradient_blocks(p, g_q, a_q):
             amax = fastsr.adam_int32(p[r0:r1], m[r0:r1], v[r0:r1], acc, g_scale, *hyper, amax)

@@ -293,6 +293,39 @@ float ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restr
  * (kp a multiple of 4, zero padded), a4 the quads of a + 128 as unsigned bytes, laid out
  * (kp / 4, d, 4) for vpdpbusd (unsigned times signed bytes), corr[r] = 128 * sum_k gt[r, k],
  * which takes the offset back out. Columns 64 at a time (a's slab stays in L1 across rows). */
+/* nr (1..4) rows of out from column c on: 4 x nr accumulators, so that enough independent
+ * dot-product chains are in flight to keep the VNNI unit busy (one chain waits on its last). */
+static inline __attribute__((always_inline)) void gemm_tile_vnni(
+        const int8_t *restrict gt, int64_t kp, const uint8_t *restrict a4,
+        const int32_t *restrict corr, int64_t d, int32_t *restrict out, int64_t c,
+        const __mmask16 *mask, const int nr) {
+    __m512i acc[4][4];
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_si512();
+    for (int64_t q = 0; q < kp / 4; q++) {
+        const uint8_t *slab = a4 + (q * d + c) * 4;
+        __m512i av[4];
+        for (int j = 0; j < 4; j++) av[j] = _mm512_maskz_loadu_epi32(mask[j], slab + 64 * j);
+        for (int i = 0; i < nr; i++) {
+            int32_t quad;
+            memcpy(&quad, gt + i * kp + 4 * q, 4);
+            __m512i b = _mm512_set1_epi32(quad);
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av[j], b);
+        }
+    }
+    for (int i = 0; i < nr; i++) {
+        __m512i off = _mm512_set1_epi32(corr[i]);
+        for (int j = 0; j < 4; j++)
+            _mm512_mask_storeu_epi32(out + i * d + c + 16 * j, mask[j],
+                                     _mm512_sub_epi32(acc[i][j], off));
+    }
+}
+
+/* out (rows, d) = gt (rows, kp) x a (kp, d), all int32 sums exact: gt the rows' int8 factors
+ * (kp a multiple of 4, zero padded), a4 the quads of a + 128 as unsigned bytes, laid out
+ * (kp / 4, d, 4) for vpdpbusd (unsigned times signed bytes), corr[r] = 128 * sum_k gt[r, k],
+ * which takes the offset back out. Columns 64 at a time (a's slab stays in L1 across rows),
+ * rows 4 at a time. */
 static void gemm_rows_vnni(const int8_t *restrict gt, int64_t kp, const uint8_t *restrict a4,
                            const int32_t *restrict corr, int64_t rows, int64_t d,
                            int32_t *restrict out) {
@@ -302,30 +335,19 @@ static void gemm_rows_vnni(const int8_t *restrict gt, int64_t kp, const uint8_t 
             int64_t left = d - c - 16 * j;
             mask[j] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
         }
-        for (int64_t r = 0; r < rows; r++) {
-            __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(),
-                              _mm512_setzero_si512(), _mm512_setzero_si512()};
-            for (int64_t q = 0; q < kp / 4; q++) {
-                int32_t quad;
-                memcpy(&quad, gt + r * kp + 4 * q, 4);
-                __m512i b = _mm512_set1_epi32(quad);
-                const uint8_t *slab = a4 + (q * d + c) * 4;
-                for (int j = 0; j < 4; j++)
-                    acc[j] = _mm512_dpbusd_epi32(
-                        acc[j], _mm512_maskz_loadu_epi32(mask[j], slab + 64 * j), b);
-            }
-            __m512i off = _mm512_set1_epi32(corr[r]);
-            for (int j = 0; j < 4; j++)
-                _mm512_mask_storeu_epi32(out + r * d + c + 16 * j, mask[j],
-                                         _mm512_sub_epi32(acc[j], off));
-        }
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4)
+            gemm_tile_vnni(gt + r * kp, kp, a4, corr + r, d, out + r * d, c, mask, 4);
+        for (; r < rows; r++)
+            gemm_tile_vnni(gt + r * kp, kp, a4, corr + r, d, out + r * d, c, mask, 1);
     }
 }
 #endif
 
-/* Bytes of scratch ffq_adam8_factored needs for an (n, d) weight, k factor rows and row blocks
- * of `rows`; 0 where this build has no VNNI loop (the caller then forms the gradient itself). */
-int64_t ffq_adam8_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows) {
+/* Bytes of scratch ffq_adam8_factored and ffq_adam_i32_factored need for an (n, d) weight, k
+ * factor rows and row blocks of `rows`; 0 where this build has no VNNI loop (the caller then
+ * forms the gradient itself). */
+int64_t ffq_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows) {
 #ifdef FFQ_VNNI
     int64_t kp = (k + 3) / 4 * 4;
     return n * kp + kp * d + 4 * n + 4 * rows * d + 64;
@@ -335,25 +357,17 @@ int64_t ffq_adam8_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows
 #endif
 }
 
-/* One adam8 step (ffq_adam8, from the start of the tensor) of the (n, d) float32 weight p whose
- * gradient is g_scale * gq^T aq: gq (k, n) and aq (k, d) int8, row-major. Rows `rows` at a time
- * (a multiple of block / gcd(d, block), so every row block starts on a block of the state),
- * their exact int32 gradient in scratch (ffq_adam8_factored_scratch bytes). Returns what
- * ffq_adam8 returns (max|p| after the step), or -1 where this build has no VNNI loop. */
-float ffq_adam8_factored(float *restrict p, int64_t n, int64_t d, const int8_t *restrict gq,
-                         const int8_t *restrict aq, int64_t k, float g_scale,
-                         uint8_t *restrict mc, float *restrict ms, uint8_t *restrict rc,
-                         float *restrict rs, int64_t block, float w1, float b2, float w2,
-                         float step_size, float root_c2, float eps, float wd, int stochastic,
-                         uint32_t k1, uint32_t k2, uint32_t k3, uint32_t k4, int64_t rows,
-                         uint8_t *restrict scratch) {
 #ifdef FFQ_VNNI
+/* The factors laid out for gemm_rows_vnni in scratch: gt (n, kp) = gq^T zero padded, a4, corr;
+ * returns the (rows, d) int32 buffer after them. */
+static int32_t *pack_factors(const int8_t *restrict gq, const int8_t *restrict aq, int64_t n,
+                             int64_t d, int64_t k, uint8_t *restrict scratch, int8_t **gt_out,
+                             uint8_t **a4_out, int32_t **corr_out) {
     int64_t kp = (k + 3) / 4 * 4;
-    int8_t *gt = (int8_t *)scratch;                       /* (n, kp) */
-    uint8_t *a4 = scratch + n * kp;                       /* (kp / 4, d, 4) */
-    uintptr_t at = (uintptr_t)(a4 + kp * d);
-    int32_t *corr = (int32_t *)((at + 63) & ~(uintptr_t)63); /* (n,) */
-    int32_t *out = corr + n;                              /* (rows, d) */
+    int8_t *gt = (int8_t *)scratch;                          /* (n, kp) */
+    uint8_t *a4 = scratch + n * kp;                          /* (kp / 4, d, 4) */
+    uintptr_t end = (uintptr_t)(a4 + kp * d);
+    int32_t *corr = (int32_t *)((end + 63) & ~(uintptr_t)63); /* (n,) */
     for (int64_t r = 0; r < n; r++) {
         int32_t sum = 0;
         for (int64_t j = 0; j < kp; j++) {
@@ -369,6 +383,31 @@ float ffq_adam8_factored(float *restrict p, int64_t n, int64_t d, const int8_t *
                 int64_t row = 4 * q + j;
                 a4[(q * d + c) * 4 + j] = (uint8_t)((row < k ? aq[row * d + c] : 0) + 128);
             }
+    *gt_out = gt;
+    *a4_out = a4;
+    *corr_out = corr;
+    return corr + n;
+}
+#endif
+
+/* One adam8 step (ffq_adam8, from the start of the tensor) of the (n, d) float32 weight p whose
+ * gradient is g_scale * gq^T aq: gq (k, n) and aq (k, d) int8, row-major. Rows `rows` at a time
+ * (a multiple of block / gcd(d, block), so every row block starts on a block of the state),
+ * their exact int32 gradient in scratch (ffq_factored_scratch bytes). Returns what ffq_adam8
+ * returns (max|p| after the step), or -1 where this build has no VNNI loop. */
+float ffq_adam8_factored(float *restrict p, int64_t n, int64_t d, const int8_t *restrict gq,
+                         const int8_t *restrict aq, int64_t k, float g_scale,
+                         uint8_t *restrict mc, float *restrict ms, uint8_t *restrict rc,
+                         float *restrict rs, int64_t block, float w1, float b2, float w2,
+                         float step_size, float root_c2, float eps, float wd, int stochastic,
+                         uint32_t k1, uint32_t k2, uint32_t k3, uint32_t k4, int64_t rows,
+                         uint8_t *restrict scratch) {
+#ifdef FFQ_VNNI
+    int8_t *gt;
+    uint8_t *a4;
+    int32_t *corr;
+    int32_t *out = pack_factors(gq, aq, n, d, k, scratch, &gt, &a4, &corr);
+    int64_t kp = (k + 3) / 4 * 4;
     float amax = 0.0f;
     for (int64_t r0 = 0; r0 < n; r0 += rows) {
         int64_t len = n - r0 < rows ? n - r0 : rows;
@@ -433,6 +472,38 @@ float ffq_adam_i32(float *restrict p, float *restrict m, float *restrict v,
                    float amax_in) {
     return adam_pass(p, m, v, acc, NULL, 1, n, g_scale, w1, b2, w2, neg_step, root_c2, eps, wd,
                      decay, amax_in);
+}
+
+/* ffq_adam_i32 for the (n, d) weight p whose gradient is g_scale * gq^T aq (gq (k, n), aq
+ * (k, d) int8), its int32 rows formed `rows` at a time in scratch (ffq_factored_scratch bytes)
+ * as ffq_adam8_factored forms them; rows * d a multiple of 16, so that only the tensor's last
+ * values take the scalar tail, as in one call over all of p. -1 where this build has no VNNI. */
+float ffq_adam_i32_factored(float *restrict p, float *restrict m, float *restrict v, int64_t n,
+                            int64_t d, const int8_t *restrict gq, const int8_t *restrict aq,
+                            int64_t k, float g_scale, float w1, float b2, float w2,
+                            float neg_step, float root_c2, float eps, float wd, float decay,
+                            int64_t rows, uint8_t *restrict scratch) {
+#ifdef FFQ_VNNI
+    int8_t *gt;
+    uint8_t *a4;
+    int32_t *corr;
+    int32_t *out = pack_factors(gq, aq, n, d, k, scratch, &gt, &a4, &corr);
+    int64_t kp = (k + 3) / 4 * 4;
+    float amax = 0.0f;
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+        int64_t len = n - r0 < rows ? n - r0 : rows;
+        gemm_rows_vnni(gt + r0 * kp, kp, a4, corr + r0, len, d, out);
+        int64_t o = r0 * d;
+        amax = adam_pass(p + o, m + o, v + o, out, NULL, 1, len * d, g_scale, w1, b2, w2,
+                         neg_step, root_c2, eps, wd, decay, amax);
+    }
+    return amax;
+#else
+    (void)p; (void)m; (void)v; (void)n; (void)d; (void)gq; (void)aq; (void)k; (void)g_scale;
+    (void)w1; (void)b2; (void)w2; (void)neg_step; (void)root_c2; (void)eps; (void)wd;
+    (void)decay; (void)rows; (void)scratch;
+    return -1.0f;
+#endif
 }
 
 float ffq_adam_f32(float *restrict p, float *restrict m, float *restrict v,
