@@ -16,8 +16,11 @@ in one pass (FFDense.cache_int8_weight). The update is torch.optim.Adam(fused=Tr
 for operation: on x86 weights and moments come out bit-equal, but for the last numel % 16 values
 of a tensor (PyTorch's scalar tail), which may differ in the last place (see ffq_adam_i32).
 
-Where the C kernel is not built, or a tensor does not fit, step_factored forms the gradient in
-.grad as the plain path does, for step() to apply: the same update either way.
+Where the CPU has AVX-512 VNNI, the C kernel forms the rows itself (fastsr.adam_int32_factored,
+and adam8_factored for Adam8): 16-32 rows at a time by byte dot products in a 260 KB scratch,
+with no accumulator tensor and no int8 GEMM call. Where the C kernel is not built, or a tensor
+does not fit, step_factored forms the gradient in .grad as the plain path does, for step() to
+apply: the same update either way.
 """
 
 from __future__ import annotations
