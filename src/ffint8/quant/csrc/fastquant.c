@@ -358,11 +358,19 @@ int64_t ffq_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows) {
 }
 
 #ifdef FFQ_VNNI
-/* The factors laid out for gemm_rows_vnni in scratch: gt (n, kp) = gq^T zero padded, a4, corr;
- * returns the (rows, d) int32 buffer after them. */
-static int32_t *pack_factors(const int8_t *restrict gq, const int8_t *restrict aq, int64_t n,
-                             int64_t d, int64_t k, uint8_t *restrict scratch, int8_t **gt_out,
-                             uint8_t **a4_out, int32_t **corr_out) {
+/* A weight's gradient g_scale * gq^T aq, row block by row block: the factors laid out for
+ * gemm_rows_vnni in scratch (gt (n, kp) = gq^T zero padded, a4, corr), then out (rows, d). */
+typedef struct {
+    const int8_t *gt;
+    const uint8_t *a4;
+    const int32_t *corr;
+    int32_t *out;
+    int64_t n, d, kp, rows;
+} factored_rows;
+
+static factored_rows factored_begin(const int8_t *restrict gq, const int8_t *restrict aq,
+                                    int64_t n, int64_t d, int64_t k, int64_t rows,
+                                    uint8_t *restrict scratch) {
     int64_t kp = (k + 3) / 4 * 4;
     int8_t *gt = (int8_t *)scratch;                          /* (n, kp) */
     uint8_t *a4 = scratch + n * kp;                          /* (kp / 4, d, 4) */
@@ -383,10 +391,16 @@ static int32_t *pack_factors(const int8_t *restrict gq, const int8_t *restrict a
                 int64_t row = 4 * q + j;
                 a4[(q * d + c) * 4 + j] = (uint8_t)((row < k ? aq[row * d + c] : 0) + 128);
             }
-    *gt_out = gt;
-    *a4_out = a4;
-    *corr_out = corr;
-    return corr + n;
+    factored_rows it = {gt, a4, corr, corr + n, n, d, kp, rows};
+    return it;
+}
+
+/* The rows from r0 on (at most it->rows) formed in it->out; their number, 0 past the end. */
+static int64_t factored_next(const factored_rows *it, int64_t r0) {
+    int64_t len = it->n - r0 < it->rows ? it->n - r0 : it->rows;
+    if (len > 0)
+        gemm_rows_vnni(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
+    return len > 0 ? len : 0;
 }
 #endif
 
@@ -403,17 +417,12 @@ float ffq_adam8_factored(float *restrict p, int64_t n, int64_t d, const int8_t *
                          uint32_t k1, uint32_t k2, uint32_t k3, uint32_t k4, int64_t rows,
                          uint8_t *restrict scratch) {
 #ifdef FFQ_VNNI
-    int8_t *gt;
-    uint8_t *a4;
-    int32_t *corr;
-    int32_t *out = pack_factors(gq, aq, n, d, k, scratch, &gt, &a4, &corr);
-    int64_t kp = (k + 3) / 4 * 4;
+    factored_rows it = factored_begin(gq, aq, n, d, k, rows, scratch);
     float amax = 0.0f;
-    for (int64_t r0 = 0; r0 < n; r0 += rows) {
-        int64_t len = n - r0 < rows ? n - r0 : rows;
-        gemm_rows_vnni(gt + r0 * kp, kp, a4, corr + r0, len, d, out);
+    int64_t len;
+    for (int64_t r0 = 0; (len = factored_next(&it, r0)) > 0; r0 += rows) {
         int64_t o = r0 * d;
-        amax = ffq_adam8(p + o, NULL, out, g_scale, len * d, mc + o, ms + o / block, rc + o,
+        amax = ffq_adam8(p + o, NULL, it.out, g_scale, len * d, mc + o, ms + o / block, rc + o,
                          rs + o / block, block, w1, b2, w2, step_size, root_c2, eps, wd,
                          stochastic, k1, k2, k3, k4, o, amax);
     }
@@ -484,17 +493,12 @@ float ffq_adam_i32_factored(float *restrict p, float *restrict m, float *restric
                             float neg_step, float root_c2, float eps, float wd, float decay,
                             int64_t rows, uint8_t *restrict scratch) {
 #ifdef FFQ_VNNI
-    int8_t *gt;
-    uint8_t *a4;
-    int32_t *corr;
-    int32_t *out = pack_factors(gq, aq, n, d, k, scratch, &gt, &a4, &corr);
-    int64_t kp = (k + 3) / 4 * 4;
+    factored_rows it = factored_begin(gq, aq, n, d, k, rows, scratch);
     float amax = 0.0f;
-    for (int64_t r0 = 0; r0 < n; r0 += rows) {
-        int64_t len = n - r0 < rows ? n - r0 : rows;
-        gemm_rows_vnni(gt + r0 * kp, kp, a4, corr + r0, len, d, out);
+    int64_t len;
+    for (int64_t r0 = 0; (len = factored_next(&it, r0)) > 0; r0 += rows) {
         int64_t o = r0 * d;
-        amax = adam_pass(p + o, m + o, v + o, out, NULL, 1, len * d, g_scale, w1, b2, w2,
+        amax = adam_pass(p + o, m + o, v + o, it.out, NULL, 1, len * d, g_scale, w1, b2, w2,
                          neg_step, root_c2, eps, wd, decay, amax);
     }
     return amax;
