@@ -129,6 +129,16 @@ def test_kernel_rows_give_the_int8_mm_blocks_step(shape, k):
 
 
 @needs_lib
+def test_a_named_int8_kernel_forms_the_product_itself():
+    # --int8-kernel reference (or int_mm, float-exact) runs every int8 GEMM on that kernel, the
+    # weight gradient's too: the C kernel's own row loop is for auto only
+    a, fa, *_ = pair((30, 20))
+    fa.kernel = "reference"
+    fa.step_factored(a, *factors(8, 30, 20, torch.Generator().manual_seed(4)))
+    assert fa._scratch is None and fa._acc is not None
+
+
+@needs_lib
 def test_non_finite_weight_gives_nan_absmax():
     a, fa, *_ = pair((16, 16))
     g_q, a_q = factors(8, 16, 16, torch.Generator().manual_seed(3))

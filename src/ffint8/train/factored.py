@@ -70,8 +70,10 @@ class FactoredStep:
     def _kernel_rows(self, p: torch.Tensor, k: int, multiple: int
                      ) -> tuple[int, torch.Tensor] | None:
         """(rows, scratch) for a C kernel that forms p's gradient rows itself from k factor
-        rows, rows a multiple of `multiple`; None where none can (self.vnni off, no VNNI)."""
-        if not self.vnni:
+        rows, rows a multiple of `multiple`; None where none can (self.vnni off, no VNNI) or
+        the run asked for one int8 kernel by name (--int8-kernel other than auto: every int8
+        GEMM then runs on it, this product too)."""
+        if not self.vnni or self.kernel != "auto":
             return None
         rows = multiple * max(1, VNNI_ROWS // multiple)
         need = fastsr.factored_scratch(p, k, rows)
