@@ -128,7 +128,10 @@ def test_metrics_say_when_weights_step_from_int8_factors(tmp_path, one_torch_thr
     from ffint8.quant import fastsr
 
     assert ("int8 gradient factors" in kernels[0]) == fastsr.available()
+    assert ("AVX-512 VNNI" in kernels[0]) == fastsr.vnni_rows()  # the C kernel's own rows
     assert "factors" not in kernels[1]
+    named = kernel_description(TrainConfig(ff=FFConfig(int8_kernel="int_mm")), factored=True)
+    assert "int8 gradient factors" in named and "VNNI" not in named  # int_mm forms them
 
 
 def test_resume_with_another_config_is_refused_and_writes_nothing(tmp_path, one_torch_thread):

@@ -362,6 +362,13 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
     return step
 
 
+def vnni_rows() -> bool:
+    """True where the C kernel forms a factored weight gradient's rows itself (built with
+    AVX-512 VNNI): adam_int32_factored and adam8_factored run."""
+    lib = _library()
+    return lib is not None and lib.ffq_factored_scratch(1, 1, 1, 1) > 0
+
+
 def factored_scratch(p: torch.Tensor, k: int, rows: int) -> int:
     """Bytes of scratch adam8_factored or adam_int32_factored needs to step the 2-D weight p from
     k factor rows, `rows` rows at a time; 0 where they cannot (no C kernel, or one built without

@@ -39,7 +39,9 @@ def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu",
     text = _kernels(cfg, device)
     if factored:
         adam = "adam8" if cfg.optimizer == "adam8" else "Adam"
-        text += f"; dense weights step from their int8 gradient factors (fused C {adam})"
+        rows = ("; its rows formed in C by AVX-512 VNNI"
+                if cfg.ff.int8_kernel == "auto" and fastsr.vnni_rows() else "")
+        text += f"; dense weights step from their int8 gradient factors (fused C {adam}{rows})"
     return text
 
 
