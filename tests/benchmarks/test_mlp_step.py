@@ -41,3 +41,13 @@ def test_adam8_for_the_ff_algorithms():
               "--batch-sizes", "32", "--algos", "ff-int8,ff-int8-plain", "--optimizer", "adam8")
     assert res.returncode == 0, res.stderr
     assert re.search(r"factored / plain ff-int8: [\d.]+", res.stdout)
+
+
+def test_c_rows_against_int8_mm_rows():
+    # ff-int8-mm forms the factored step's rows with int8_mm; both trained the same epochs on
+    # the same data, so their weights must agree (where the CPU has no VNNI both use int8_mm)
+    for opt in ("adam", "adam8"):
+        res = run("--data-dir", "synthetic", "--limit-train", "64", "--rounds", "1",
+                  "--batch-sizes", "32", "--algos", "ff-int8,ff-int8-mm", "--optimizer", opt)
+        assert res.returncode == 0, res.stderr
+        assert re.search(r"C rows / int8_mm rows: [\d.]+ \(same weights: yes\)", res.stdout), opt
