@@ -424,3 +424,39 @@ def test_adam8_factored_refuses_what_does_not_fit():
     assert fastsr.adam8_factored(p, g, a, 1.0, *args, 3, scratch) is None  # 3 * 40 % 128
     assert fastsr.adam8_factored(p, g.int(), a, 1.0, *args, 16, scratch) is None
     assert fastsr.adam8_factored(p, g[:, :31], a, 1.0, *args, 16, scratch) is None
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_direct_is_step(fused):
+    # the same update and the same rounding keys as step(), without torch.optim's machinery;
+    # where there is no fused kernel it declines and step() runs
+    def make():
+        ps = [torch.nn.Parameter(torch.linspace(-1, 1, n)) for n in (300, 1000)]
+        return ps, Adam8(ps, lr=1e-2, fused=fused)
+
+    (pa, oa), (pb, ob) = make(), make()
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in pa]
+        for p, q, g in zip(pa, pb, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        oa.step()
+        if not ob.step_direct(pb):
+            assert not (fused and fastsr.available())
+            ob.step()
+    for p, q in zip(pa, pb):
+        assert torch.equal(p, q)
+        for key in ("m", "m_scale", "r", "r_scale", "step"):
+            assert torch.equal(oa.state[p][key], ob.state[q][key]), key
+
+
+def test_step_direct_leaves_hooked_steps_to_step():
+    p = torch.nn.Parameter(torch.zeros(300))
+    opt = Adam8([p])
+    p.grad = torch.ones(300)
+    handle = opt.register_step_post_hook(lambda *_: None)
+    assert opt.step_direct([p]) is False and not opt.state
+    handle.remove()
+    assert opt.step_direct([p]) is fastsr.available()
+    q = torch.nn.Parameter(torch.zeros(300))  # no .grad
+    assert Adam8([q]).step_direct([q]) is False

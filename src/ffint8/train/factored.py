@@ -83,6 +83,14 @@ class FactoredStep:
             self._scratch = torch.empty(need, dtype=torch.uint8)
         return rows, self._scratch
 
+    def _has_step_hooks(self) -> bool:
+        """Whether step hooks are registered (on this optimiser or on all): step() runs them,
+        so step_direct leaves those steps to it."""
+        return any(bool(getattr(owner, name, None)) for owner, name in (
+            (self, "_optimizer_step_pre_hooks"), (self, "_optimizer_step_post_hooks"),
+            (opt_module, "_global_optimizer_pre_hooks"),
+            (opt_module, "_global_optimizer_post_hooks")))
+
     def _accumulator(self, rows: int, cols: int) -> torch.Tensor:
         """An int32 (rows, cols) tensor in memory reused by every call. Written afresh each
         step, a multi-megabyte accumulator costs more than its GEMM: on the Xeon of session 11
@@ -194,14 +202,6 @@ class FactoredAdam(FactoredStep, torch.optim.Adam):
                 raise RuntimeError("step_direct: the fused Adam kernel refused its operands")
             torch.autograd.graph.increment_version(p)
         return True
-
-    def _has_step_hooks(self) -> bool:
-        """Whether step hooks are registered (on this optimiser or on all): step() runs them,
-        so step_direct leaves those steps to it."""
-        return any(bool(getattr(owner, name, None)) for owner, name in (
-            (self, "_optimizer_step_pre_hooks"), (self, "_optimizer_step_post_hooks"),
-            (opt_module, "_global_optimizer_pre_hooks"),
-            (opt_module, "_global_optimizer_post_hooks")))
 
     def _advance(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """p's moments and the step's hyperparameters (lr, b1, b2, t, eps, wd, decoupled) for
