@@ -5,8 +5,10 @@
  * uniform numbers from a counter-based hash of (element index, two 32-bit keys), so no generator
  * state is stored or advanced: the caller derives fresh keys for every call. Single-threaded:
  * an OpenMP team costs more than the pass itself at FF's tensor sizes. The loops are
- * written so that the compiler vectorises them (checked with -fopt-info-vec on gcc 12, AVX2);
- * nothing depends on one instruction set.
+ * written so that the compiler vectorises them (checked with -fopt-info-vec on gcc 12, AVX2).
+ * Two places use intrinsics, each with a fallback that gives the same results (tested): adam8's
+ * decode (AVX-512; a portable loop) and the factored steps' int8 product (AVX-512 VNNI; without
+ * it the library reports that it cannot, and the caller uses torch._int_mm).
  */
 #include <math.h>
 #include <stdint.h>
@@ -157,8 +159,8 @@ static inline float e4m3_decode(uint32_t c) {
     return u2f(f2u(a) | (c & 0x80u) << 24);
 }
 
-/* AVX-512 (F, BW, VL) forms of the two block loops, with the hardware's float16 conversions;
- * FFQ_PORTABLE builds without them (the tests do, to check that both give the same codes). */
+/* An AVX-512 (F, BW, VL) form of the decode loop, with the hardware's float16 conversion;
+ * FFQ_PORTABLE builds without it (the tests do, to check that both give the same values). */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(FFQ_PORTABLE)
 #define FFQ_AVX512 1
 
