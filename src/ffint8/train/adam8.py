@@ -104,12 +104,16 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
                     continue
                 if not p.is_contiguous():
                     raise ValueError("Adam8 steps contiguous parameters only")
-                state = self.state[p]
-                if not state:
-                    state.update(self._init_state(p))
-                state["step"] += 1
-                self._update(p, state, group, int(state["step"]))
+                self._step_one(p, group)
         return loss
+
+    def _step_one(self, p: torch.Tensor, group: dict) -> None:
+        """p's step: its state made on the first, the count moved on, the update applied."""
+        state = self.state[p]
+        if not state:
+            state.update(self._init_state(p))
+        state["step"] += 1
+        self._update(p, state, group, int(state["step"]))
 
     @torch.no_grad()
     def step_direct(self, params: list[torch.Tensor]) -> bool:
@@ -123,12 +127,7 @@ class Adam8(FactoredStep, torch.optim.Optimizer):
                 or not all(p.grad is not None and p.is_contiguous() for p in params)):
             return False
         for p in params:
-            group = self._group_of(p)
-            state = self.state[p]
-            if not state:
-                state.update(self._init_state(p))
-            state["step"] += 1
-            self._update(p, state, group, int(state["step"]))
+            self._step_one(p, self._group_of(p))
         return True
 
     def _constants(self, group: dict, t: int) -> tuple:
