@@ -400,7 +400,7 @@ def adam8_factored(p: torch.Tensor, g_q: torch.Tensor, a_q: torch.Tensor, g_scal
                    rows: int, scratch: torch.Tensor) -> float | None:
     """adam8_step for the (N, D) weight p whose gradient is g_scale * g_q^T a_q (g_q (K, N),
     a_q (K, D) int8), its int32 rows formed `rows` at a time in scratch (a uint8 tensor of
-    adam8_factored_scratch bytes) by the C kernel's VNNI loop and stepped at once: no
+    factored_scratch bytes) by the C kernel's VNNI loop and stepped at once: no
     accumulator tensor, no int8 GEMM call per row block. rows: a multiple of block / gcd(D,
     block). Returns max|p| after the step (NaN for a value not finite); None (nothing done)
     where the kernel cannot: the caller then forms the rows with int8_mm, the same update."""
