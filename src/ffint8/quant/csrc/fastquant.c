@@ -285,7 +285,7 @@ float ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restr
 /* ---- adam8 from the int8 factors of a dense weight's gradient, g_W = g_q^T a_q: the int32
  * gradient formed a few rows at a time in a small buffer, by AVX-512 VNNI dot products, and
  * stepped at once (ffint8.train.adam8, Adam8.step_factored). Where the CPU has no VNNI the
- * library does not offer it (ffq_adam8_factored_scratch returns 0) and the caller forms the rows
+ * library does not offer it (ffq_factored_scratch returns 0) and the caller forms the rows
  * with torch._int_mm instead: integer sums, so the same update either way. ---- */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__) \
     && !defined(FFQ_PORTABLE)
