@@ -424,6 +424,12 @@ def test_adam8_factored_refuses_what_does_not_fit():
     assert fastsr.adam8_factored(p, g, a, 1.0, *args, 3, scratch) is None  # 3 * 40 % 128
     assert fastsr.adam8_factored(p, g.int(), a, 1.0, *args, 16, scratch) is None
     assert fastsr.adam8_factored(p, g[:, :31], a, 1.0, *args, 16, scratch) is None
+    # a state that is not this parameter's: codes one block short, scales of another dtype
+    short = dict(state, m=state["m"][:-128])
+    assert fastsr.adam8_factored(p, g, a, 1.0, short, *args[1:], 16, scratch) is None
+    wrong = dict(state, r_scale=state["r_scale"].double())
+    assert fastsr.adam8_factored(p, g, a, 1.0, wrong, *args[1:], 16, scratch) is None
+    assert fastsr.adam8_factored(p, g, a, 1.0, state, 2048, *args[2:], 16, scratch) is None
 
 
 @pytest.mark.parametrize("fused", [True, False])

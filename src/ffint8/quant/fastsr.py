@@ -317,6 +317,24 @@ def _adam8_gradient_fits(g: torch.Tensor, n: int, exact: bool) -> bool:
     return _usable(g) is not None and g.numel() == n
 
 
+def _adam8_state(state: dict) -> tuple[torch.Tensor, ...]:
+    return state["m"], state["m_scale"], state["r"], state["r_scale"]
+
+
+def _adam8_state_fits(p: torch.Tensor, state: dict, block: int) -> ctypes.CDLL | None:
+    """The C library where the adam8 kernels can step p with this state: uint8 codes padded to
+    whole blocks and a float32 scale a block, contiguous on the CPU; None otherwise."""
+    lib = _usable(p)
+    blocks = -(-p.numel() // block)
+    sizes = (blocks * block, blocks) * 2  # codes (padded to whole blocks) and scales
+    types = (torch.uint8, torch.float32) * 2
+    if (lib is None or block > MAX_ADAM8_BLOCK
+            or not all(t.is_contiguous() and t.device.type == "cpu" and t.dtype == d
+                       and t.numel() >= k for t, d, k in zip(_adam8_state(state), types, sizes))):
+        return None
+    return lib
+
+
 def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
                step_size: float, root_c2: float, eps: float, wd: float,
                keys: tuple[int, int, int, int] | None):
@@ -329,17 +347,11 @@ def adam8_bind(p: torch.Tensor, state: dict, block: int, b1: float, b2: float,
     cost more than a block's update (40 us a call, session 14). None where the kernel is
     unavailable or p's state does not fit; step raises ValueError for a slice or gradient that
     does not."""
-    lib = _usable(p)
-    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
-    total = p.numel()
-    blocks = -(-total // block)
-    sizes = (blocks * block, blocks) * 2  # codes (padded to whole blocks) and scales
-    types = (torch.uint8, torch.float32) * 2
-    if (lib is None or block > MAX_ADAM8_BLOCK
-            or not all(t.is_contiguous() and t.device.type == "cpu" and t.dtype == d
-                       and t.numel() >= k for t, d, k in zip(tensors, types, sizes))):
+    lib = _adam8_state_fits(p, state, block)
+    if lib is None:
         return None
-    pp, mp, msp, rp, rsp = (t.data_ptr() for t in (p, *tensors))
+    total = p.numel()
+    pp, mp, msp, rp, rsp = (t.data_ptr() for t in (p, *_adam8_state(state)))
     # scalars rounded to float32 (by ctypes) as PyTorch rounds a Python float for a float32 tensor
     tail = (block, 1 - b1, b2, 1 - b2, step_size, root_c2, eps, wd, int(keys is not None),
             *(keys or (0, 0, 0, 0)))
@@ -404,14 +416,14 @@ def adam8_factored(p: torch.Tensor, g_q: torch.Tensor, a_q: torch.Tensor, g_scal
     accumulator tensor, no int8 GEMM call per row block. rows: a multiple of block / gcd(D,
     block). Returns max|p| after the step (NaN for a value not finite); None (nothing done)
     where the kernel cannot: the caller then forms the rows with int8_mm, the same update."""
-    if (not _factors_fit(p, g_q, a_q, rows, scratch) or (rows * p.shape[1]) % block
-            or adam8_bind(p, state, block, b1, b2, step_size, root_c2, eps, wd, keys) is None):
+    lib = _adam8_state_fits(p, state, block)
+    if (lib is None or not _factors_fit(p, g_q, a_q, rows, scratch)
+            or (rows * p.shape[1]) % block):
         return None
     (n, d), k = p.shape, g_q.shape[0]
-    tensors = (state["m"], state["m_scale"], state["r"], state["r_scale"])
-    return _library().ffq_adam8_factored(
+    return lib.ffq_adam8_factored(
         p.data_ptr(), n, d, g_q.data_ptr(), a_q.data_ptr(), k, g_scale,
-        *(t.data_ptr() for t in tensors), block, 1 - b1, b2, 1 - b2, step_size, root_c2, eps,
+        *(t.data_ptr() for t in _adam8_state(state)), block, 1 - b1, b2, 1 - b2, step_size, root_c2, eps,
         wd, int(keys is not None), *(keys or (0, 0, 0, 0)), rows, scratch.data_ptr())
 
 
