@@ -409,6 +409,35 @@ def test_step_factored_forms_rows_in_the_kernel_as_int8_mm_does(n, d, k):
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.skipif(not fastsr.amx_rows(), reason="no AMX tiles here (CPU, build or kernel)")
+@pytest.mark.parametrize("n,d,k", [(100, 784, 64), (70, 1000, 62), (33, 40, 5), (48, 24, 130)])
+def test_amx_rows_step_as_vnni_rows(n, d, k):
+    # The kernel's rows by AMX tiles against its VNNI loop: whole 16-row blocks by the tiles,
+    # the last rows (n % 16), the last columns (d % 16) and a depth past one tile (k > 64) too.
+    from ffint8.quant import QTensor
+
+    gen = torch.Generator().manual_seed(k)
+    g_q = QTensor(torch.randint(-127, 128, (k, n), generator=gen, dtype=torch.int8),
+                  torch.tensor(3e-4))
+    a_q = QTensor(torch.randint(-127, 128, (k, d), generator=gen, dtype=torch.int8),
+                  torch.tensor(2e-3))
+    out = []
+    try:
+        for amx in (True, False):
+            assert fastsr.amx_rows(amx) == amx
+            p = torch.nn.Parameter(torch.randn(n, d, generator=torch.Generator().manual_seed(1)))
+            opt = Adam8([p], block=128, chunk=1024)
+            amaxes = [opt.step_factored(p, g_q, a_q) for _ in range(2)]
+            out.append((p.detach().clone(), opt.state[p], amaxes))
+    finally:
+        fastsr.amx_rows(True)
+    (pa, sa, aa), (pb, sb, ab) = out
+    assert opt._scratch is not None  # the kernel's own rows ran, not int8_mm's blocks
+    assert torch.equal(pa, pb) and aa == ab
+    for key in ("m", "m_scale", "r", "r_scale"):
+        assert torch.equal(sa[key], sb[key]), key
+
+
 @pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
 def test_adam8_factored_refuses_what_does_not_fit():
     p = torch.zeros(32, 40)

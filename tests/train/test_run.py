@@ -128,7 +128,9 @@ def test_metrics_say_when_weights_step_from_int8_factors(tmp_path, one_torch_thr
     from ffint8.quant import fastsr
 
     assert ("int8 gradient factors" in kernels[0]) == fastsr.available()
-    assert ("AVX-512 VNNI" in kernels[0]) == fastsr.vnni_rows()  # the C kernel's own rows
+    own_rows = "AMX tiles" in kernels[0] or "AVX-512 VNNI" in kernels[0]
+    assert own_rows == fastsr.vnni_rows()  # the C kernel's own rows
+    assert ("AMX tiles" in kernels[0]) == fastsr.amx_rows()
     assert "factors" not in kernels[1]
     named = kernel_description(TrainConfig(ff=FFConfig(int8_kernel="int_mm")), factored=True)
     assert "int8 gradient factors" in named and "VNNI" not in named  # int_mm forms them

@@ -116,6 +116,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64, f]
     lib.ffq_factored_scratch.restype = i64
+    lib.ffq_use_amx.restype = ctypes.c_int
+    lib.ffq_use_amx.argtypes = [ctypes.c_int]
     lib.ffq_factored_scratch.argtypes = [i64, i64, i64, i64]
     lib.ffq_adam_i32_factored.restype = ctypes.c_float
     lib.ffq_adam_i32_factored.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, i64,
@@ -379,6 +381,17 @@ def vnni_rows() -> bool:
     AVX-512 VNNI): adam_int32_factored and adam8_factored run."""
     lib = _library()
     return lib is not None and lib.ffq_factored_scratch(1, 1, 1, 1) > 0
+
+
+def amx_rows(enable: bool | None = None) -> bool:
+    """True where the C kernel forms those rows by AMX tile multiplies (a CPU with AMX-INT8, a
+    build that targets it, and Linux granting the tile state), else by VNNI dot products: the
+    same integers either way. enable: switch AMX off (False) or back on (True) for this
+    process, as the tests do to compare the two; None only asks."""
+    lib = _library()
+    if lib is None:
+        return False
+    return bool(lib.ffq_use_amx(-1 if enable is None else int(enable)))
 
 
 def factored_scratch(p: torch.Tensor, k: int, rows: int) -> int:

@@ -39,8 +39,9 @@ def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu",
     text = _kernels(cfg, device)
     if factored:
         adam = "adam8" if cfg.optimizer == "adam8" else "Adam"
-        rows = ("; its rows formed in C by AVX-512 VNNI"
-                if cfg.ff.int8_kernel == "auto" and fastsr.vnni_rows() else "")
+        rows = ""
+        if cfg.ff.int8_kernel == "auto" and fastsr.vnni_rows():
+            rows = "; its rows formed in C by " + ("AMX tiles" if fastsr.amx_rows() else "AVX-512 VNNI")
         text += f"; dense weights step from their int8 gradient factors (fused C {adam}{rows})"
     return text
 

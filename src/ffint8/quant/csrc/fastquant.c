@@ -346,12 +346,119 @@ static void gemm_rows_vnni(const int8_t *restrict gt, int64_t kp, const uint8_t 
 }
 #endif
 
+/* ---- The same rows by AMX tile multiplies (Sapphire Rapids and later), where the compiler
+ * targets AMX-INT8 and Linux lets this process use the tile registers. tdpbsud multiplies
+ * signed bytes (gt) by unsigned ones (a4), as vpdpbusd does with the roles swapped, so the
+ * layout and the offset correction are gemm_rows_vnni's; each 16 x 16 accumulator tile starts
+ * at -corr of its rows. Integer sums, so the rows are those of gemm_rows_vnni exactly (tested:
+ * ffq_use_amx switches it off). kp a multiple of 64 (one tile's depth); row blocks of 16, the
+ * last rows (fewer than 16) by gemm_rows_vnni. ---- */
+#if defined(FFQ_VNNI) && defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define FFQ_AMX 1
+
+static int amx_granted = -1; /* whether Linux gave this process the tile state; -1: not asked */
+static int amx_enabled = 1;  /* ffq_use_amx's switch */
+
+static int amx_available(void) {
+    if (amx_granted < 0) /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18) */
+        amx_granted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    return amx_granted;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static void gemm_rows_amx(const int8_t *restrict gt, int64_t kp, const uint8_t *restrict a4,
+                          const int32_t *restrict corr, int64_t rows, int64_t d,
+                          int32_t *restrict out) {
+    int64_t tail = d % 16, d16 = d - tail, r16 = rows / 16 * 16;
+    /* tiles 0, 1: accumulators; 2: gt's 16 rows; 3, 4: a4's columns; 6, 7: the last d % 16
+     * columns' accumulator and a4 */
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = (t >= 6 && tail) ? (uint16_t)(4 * tail) : 64;
+    }
+    _tile_loadconfig(&cfg);
+    int32_t start[16 * 16] __attribute__((aligned(64)));
+    for (int64_t r = 0; r < r16; r += 16) {
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 16; j++) start[i * 16 + j] = -corr[r + i];
+        int64_t c = 0;
+        for (; c + 32 <= d16; c += 32) {
+            _tile_loadd(0, start, 64);
+            _tile_loadd(1, start, 64);
+            for (int64_t k0 = 0; k0 < kp; k0 += 64) {
+                _tile_loadd(2, gt + r * kp + k0, kp);
+                _tile_loadd(3, a4 + (k0 / 4 * d + c) * 4, d * 4);
+                _tile_loadd(4, a4 + (k0 / 4 * d + c + 16) * 4, d * 4);
+                _tile_dpbsud(0, 2, 3);
+                _tile_dpbsud(1, 2, 4);
+            }
+            _tile_stored(0, out + r * d + c, d * 4);
+            _tile_stored(1, out + r * d + c + 16, d * 4);
+        }
+        for (; c < d16; c += 16) {
+            _tile_loadd(0, start, 64);
+            for (int64_t k0 = 0; k0 < kp; k0 += 64) {
+                _tile_loadd(2, gt + r * kp + k0, kp);
+                _tile_loadd(3, a4 + (k0 / 4 * d + c) * 4, d * 4);
+                _tile_dpbsud(0, 2, 3);
+            }
+            _tile_stored(0, out + r * d + c, d * 4);
+        }
+        if (tail) {
+            _tile_loadd(6, start, 64);
+            for (int64_t k0 = 0; k0 < kp; k0 += 64) {
+                _tile_loadd(2, gt + r * kp + k0, kp);
+                _tile_loadd(7, a4 + (k0 / 4 * d + d16) * 4, d * 4);
+                _tile_dpbsud(6, 2, 7);
+            }
+            _tile_stored(6, out + r * d + d16, d * 4);
+        }
+    }
+    _tile_release();
+    if (r16 < rows)
+        gemm_rows_vnni(gt + r16 * kp, kp, a4, corr + r16, rows - r16, d, out + r16 * d);
+}
+#endif
+
+/* Whether the factored steps form their rows by AMX: mode 0 switches it off, 1 back on (where
+ * it is available), -1 only asks. Returns the state after the call. */
+int ffq_use_amx(int mode) {
+#ifdef FFQ_AMX
+    if (mode >= 0) amx_enabled = mode;
+    return amx_enabled && amx_available();
+#else
+    (void)mode;
+    return 0;
+#endif
+}
+
+#ifdef FFQ_VNNI
+/* The factors' depth as laid out: k rounded up to a whole tile's depth (64) where AMX may run,
+ * else to a quad (4). Zero padding adds nothing to the sums. */
+static int64_t factored_depth(int64_t k) {
+#ifdef FFQ_AMX
+    if (amx_available()) return (k + 63) / 64 * 64;
+#endif
+    return (k + 3) / 4 * 4;
+}
+#endif
+
 /* Bytes of scratch ffq_adam8_factored and ffq_adam_i32_factored need for an (n, d) weight, k
  * factor rows and row blocks of `rows`; 0 where this build has no VNNI loop (the caller then
  * forms the gradient itself). */
 int64_t ffq_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows) {
 #ifdef FFQ_VNNI
-    int64_t kp = (k + 3) / 4 * 4;
+    int64_t kp = factored_depth(k);
     return n * kp + kp * d + 4 * n + 4 * rows * d + 64;
 #else
     (void)n; (void)d; (void)k; (void)rows;
@@ -373,7 +480,7 @@ typedef struct {
 static factored_rows factored_begin(const int8_t *restrict gq, const int8_t *restrict aq,
                                     int64_t n, int64_t d, int64_t k, int64_t rows,
                                     uint8_t *restrict scratch) {
-    int64_t kp = (k + 3) / 4 * 4;
+    int64_t kp = factored_depth(k);
     int8_t *gt = (int8_t *)scratch;                          /* (n, kp) */
     uint8_t *a4 = scratch + n * kp;                          /* (kp / 4, d, 4) */
     uintptr_t end = (uintptr_t)(a4 + kp * d);
@@ -400,9 +507,15 @@ static factored_rows factored_begin(const int8_t *restrict gq, const int8_t *res
 /* The rows from r0 on (at most it->rows) formed in it->out; their number, 0 past the end. */
 static int64_t factored_next(const factored_rows *it, int64_t r0) {
     int64_t len = it->n - r0 < it->rows ? it->n - r0 : it->rows;
-    if (len > 0)
-        gemm_rows_vnni(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
-    return len > 0 ? len : 0;
+    if (len <= 0) return 0;
+#ifdef FFQ_AMX
+    if (amx_enabled && amx_available() && it->kp % 64 == 0) {
+        gemm_rows_amx(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
+        return len;
+    }
+#endif
+    gemm_rows_vnni(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
+    return len;
 }
 #endif
 
