@@ -30,6 +30,7 @@ from torch import nn
 from ffint8.errors import ConfigError
 from ffint8.nn import functional as FF
 from ffint8.nn.conv import conv2d_int8, conv_kernel
+from ffint8.nn.norm import batch_norm_act
 from ffint8.quant.fastsr import mix64
 
 NORMS = ("batch", "group", "none")
@@ -153,7 +154,9 @@ class ConvNorm(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor, arith: Arith = FLOAT) -> torch.Tensor:
-        return activation(self.norm(arith.conv2d(x, self.conv)), self.act)
+        z = arith.conv2d(x, self.conv)
+        y = batch_norm_act(z, self.norm, self.act)  # training on the CPU: one fused kernel
+        return activation(self.norm(z), self.act) if y is None else y
 
 
 class FFUnit(nn.Module):

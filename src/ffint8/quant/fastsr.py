@@ -144,6 +144,12 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ffq_ff_unit_grad.argtypes = [ptr, i64, i64, ptr, ptr, ptr, f, ptr, ptr, ptr, ptr]
     lib.ffq_input_grad.restype = None
     lib.ffq_input_grad.argtypes = [ptr, i64, i64, f, f, ptr, ptr, f, f, ptr]
+    lib.ffq_bn_act_forward.restype = ctypes.c_int
+    lib.ffq_bn_act_forward.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, f, ptr, ptr, ptr,
+                                       ctypes.c_int, ctypes.c_int]
+    lib.ffq_bn_act_backward.restype = ctypes.c_int
+    lib.ffq_bn_act_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr,
+                                        ptr, ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -595,3 +601,56 @@ def input_grad(acc: torch.Tensor, s_scale: torch.Tensor, w_scale: torch.Tensor, 
     lib.ffq_input_grad(acc.data_ptr(), h.shape[0], h.shape[1], float(s_scale), float(w_scale),
                        h.data_ptr(), r.data_ptr(), float(m), eps, out.data_ptr())
     return out
+
+
+BN_ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # ffq_bn_act_forward's act codes
+BN_MAX_CHANNELS = 4096  # in csrc/fastquant.c: a channels-last map's limit
+
+
+def bn_layout(x: torch.Tensor) -> int | None:
+    """0 for a contiguous NCHW float32 CPU map, 1 for a channels-last one, None otherwise."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return None
+    if x.is_contiguous():
+        return 0
+    if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] <= BN_MAX_CHANNELS:
+        return 1
+    return None
+
+
+def bn_act_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                   act: str | None) -> tuple[torch.Tensor, ...] | None:
+    """Batch norm in training mode then the activation (None, "relu", "relu6"), in two passes
+    over the (N, C, H, W) float32 map x, contiguous or channels-last: (y in x's layout, the
+    batch's mean, biased variance and 1 / sqrt(var + eps), each (C,)). None where the C kernel
+    does not fit (another layout, dtype or device, another activation)."""
+    lib, layout = _all_usable(weight, bias), bn_layout(x)
+    if (lib is None or layout is None or act not in BN_ACTIVATIONS
+            or weight.shape != x.shape[1:2] or bias.shape != x.shape[1:2]):
+        return None
+    n, c, h, w = x.shape
+    y = torch.empty_like(x)  # x's layout
+    mean, var, invstd = torch.empty(c), torch.empty(c), torch.empty(c)
+    lib.ffq_bn_act_forward(x.data_ptr(), y.data_ptr(), n, c, h * w, weight.data_ptr(),
+                           bias.data_ptr(), eps, mean.data_ptr(), var.data_ptr(),
+                           invstd.data_ptr(), BN_ACTIVATIONS[act], layout)
+    return y, mean, var, invstd
+
+
+def bn_act_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    mean: torch.Tensor, invstd: torch.Tensor, act: str | None, input_grad: bool
+                    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """bn_act_forward's gradients from g = dL/dy (any layout: taken into x's): (dL/dx in x's
+    layout, or None unless input_grad; dL/dweight; dL/dbias). x, weight, bias, mean, invstd:
+    those the forward took and gave."""
+    lib, layout = _all_usable(weight, bias, mean, invstd), bn_layout(x)
+    if lib is None or layout is None or g.shape != x.shape or act not in BN_ACTIVATIONS:
+        raise ValueError("bn_act_backward: operands that bn_act_forward would not have taken")
+    g = g.contiguous(memory_format=torch.channels_last if layout else torch.contiguous_format)
+    n, c, h, w = x.shape
+    dx = torch.empty_like(x) if input_grad else None
+    dw, db = torch.empty(c), torch.empty(c)
+    lib.ffq_bn_act_backward(g.data_ptr(), x.data_ptr(), _ptr(dx), n, c, h * w, weight.data_ptr(),
+                            bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(), dw.data_ptr(),
+                            db.data_ptr(), BN_ACTIVATIONS[act], layout)
+    return dx, dw, db

@@ -903,3 +903,272 @@ void ffq_input_grad(const int32_t *restrict acc, int64_t rows, int64_t cols, flo
         for (int64_t j = 0; j < cols; j++) o[j] = o[j] / c - hr[j] * k;
     }
 }
+
+/* ---- Batch norm (training mode) and the activation after it, fused, for float32 NCHW feature
+ * maps (ffint8.nn.norm.BatchNormAct): the convolutional units' norm and activation in two passes
+ * forward and two backward, where PyTorch's BatchNorm2d and ReLU6 take about twice as many and
+ * keep the norm's output as well as its input for the backward. Per channel: mean and biased
+ * variance over (n, hw), summed in float lanes and, every BN_FLUSH rows, in double; the mean
+ * first, then the squares about it, as a two-pass variance. act: 0 none, 1 ReLU, 2 ReLU6. ---- */
+
+#define BN_LANES 16
+#define BN_FLUSH 16
+
+static inline double bn_lanes_sum(float *acc) {
+    float s = 0.0f;
+    for (int k = 0; k < BN_LANES; k++) {
+        s += acc[k];
+        acc[k] = 0.0f;
+    }
+    return s;
+}
+
+/* Sum over channel ch's values of (x - shift)^power, power 1 or 2. */
+static inline __attribute__((always_inline)) double bn_channel_sum(
+        const float *restrict x, int64_t n, int64_t c, int64_t ch, int64_t hw, float shift,
+        const int power) {
+    float acc[BN_LANES] = {0};
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = x + (i * c + ch) * hw;
+        int64_t j = 0;
+        for (; j + BN_LANES <= hw; j += BN_LANES)
+            for (int k = 0; k < BN_LANES; k++) {
+                float d = row[j + k] - shift;
+                acc[k] += power == 2 ? d * d : d;
+            }
+        for (; j < hw; j++) {
+            float d = row[j] - shift;
+            acc[j % BN_LANES] += power == 2 ? d * d : d;
+        }
+        if ((i + 1) % BN_FLUSH == 0) s += bn_lanes_sum(acc);
+    }
+    return s + bn_lanes_sum(acc);
+}
+
+static inline float bn_act(float z, const int act) {
+    if (act == 0) return z;
+    z = z > 0.0f ? z : 0.0f;
+    return act == 2 && z > 6.0f ? 6.0f : z;
+}
+
+/* 1 where the activation passes the gradient at its input z: z > 0 (ReLU), 0 < z < 6 (ReLU6,
+ * as PyTorch's hardtanh backward), everywhere without one. */
+static inline float bn_act_pass(float z, const int act) {
+    if (act == 0) return 1.0f;
+    return (z > 0.0f && (act == 1 || z < 6.0f)) ? 1.0f : 0.0f;
+}
+
+static inline __attribute__((always_inline)) void bn_forward(
+        const float *restrict x, float *restrict y, int64_t n, int64_t c, int64_t hw,
+        const float *restrict w, const float *restrict b, float eps, float *restrict mean,
+        float *restrict var, float *restrict invstd, const int act) {
+    double count = (double)n * (double)hw;
+    for (int64_t ch = 0; ch < c; ch++) {
+        float mu = (float)(bn_channel_sum(x, n, c, ch, hw, 0.0f, 1) / count);
+        float v = (float)(bn_channel_sum(x, n, c, ch, hw, mu, 2) / count);
+        float is = 1.0f / sqrtf(v + eps);
+        mean[ch] = mu;
+        var[ch] = v;
+        invstd[ch] = is;
+        float scale = is * w[ch], shift = b[ch] - mu * scale;
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + ch) * hw;
+            float *out = y + (i * c + ch) * hw;
+            for (int64_t j = 0; j < hw; j++) out[j] = bn_act(row[j] * scale + shift, act);
+        }
+    }
+}
+
+/* The same for a channels-last map: `rows` = n * hw pixels of c channels each, channels
+ * contiguous, so every pass runs along the channels (which vectorises) with c float sums, moved
+ * to double every BN_FLUSH pixels. c at most BN_MAX_CHANNELS (the sums live on the stack). */
+#define BN_MAX_CHANNELS 4096
+
+static inline void bn_flush(float *restrict acc, double *restrict sum, int64_t c) {
+    for (int64_t ch = 0; ch < c; ch++) {
+        sum[ch] += acc[ch];
+        acc[ch] = 0.0f;
+    }
+}
+
+static inline __attribute__((always_inline)) void bn_forward_nhwc(
+        const float *restrict x, float *restrict y, int64_t rows, int64_t c,
+        const float *restrict w, const float *restrict b, float eps, float *restrict mean,
+        float *restrict var, float *restrict invstd, const int act) {
+    float acc[BN_MAX_CHANNELS], scale[BN_MAX_CHANNELS], shift[BN_MAX_CHANNELS];
+    double sum[BN_MAX_CHANNELS];
+    double count = (double)rows;
+    for (int pass = 0; pass < 2; pass++) { /* the mean, then the squares about it */
+        for (int64_t ch = 0; ch < c; ch++) acc[ch] = 0.0f, sum[ch] = 0.0;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *px = x + r * c;
+            if (pass == 0)
+                for (int64_t ch = 0; ch < c; ch++) acc[ch] += px[ch];
+            else
+                for (int64_t ch = 0; ch < c; ch++) {
+                    float d = px[ch] - mean[ch];
+                    acc[ch] += d * d;
+                }
+            if ((r + 1) % BN_FLUSH == 0) bn_flush(acc, sum, c);
+        }
+        bn_flush(acc, sum, c);
+        for (int64_t ch = 0; ch < c; ch++) {
+            if (pass == 0) {
+                mean[ch] = (float)(sum[ch] / count);
+            } else {
+                var[ch] = (float)(sum[ch] / count);
+                invstd[ch] = 1.0f / sqrtf(var[ch] + eps);
+            }
+        }
+    }
+    for (int64_t ch = 0; ch < c; ch++) {
+        scale[ch] = invstd[ch] * w[ch];
+        shift[ch] = b[ch] - mean[ch] * scale[ch];
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t ch = 0; ch < c; ch++)
+            y[r * c + ch] = bn_act(x[r * c + ch] * scale[ch] + shift[ch], act);
+}
+
+/* y = act(w * (x - mean) * invstd + b) for x (n, c, hw), or (n, hw, c) where nhwc, the batch's
+ * mean, biased variance and 1 / sqrt(var + eps) per channel written out (the caller updates the
+ * running statistics). -1 (nothing done) for a channels-last map of more than BN_MAX_CHANNELS
+ * channels, else 0. */
+int ffq_bn_act_forward(const float *restrict x, float *restrict y, int64_t n, int64_t c,
+                       int64_t hw, const float *restrict w, const float *restrict b, float eps,
+                       float *restrict mean, float *restrict var, float *restrict invstd,
+                       int act, int nhwc) {
+    if (nhwc) {
+        if (c > BN_MAX_CHANNELS) return -1;
+        switch (act) {
+            case 1: bn_forward_nhwc(x, y, n * hw, c, w, b, eps, mean, var, invstd, 1); break;
+            case 2: bn_forward_nhwc(x, y, n * hw, c, w, b, eps, mean, var, invstd, 2); break;
+            default: bn_forward_nhwc(x, y, n * hw, c, w, b, eps, mean, var, invstd, 0); break;
+        }
+        return 0;
+    }
+    switch (act) {
+        case 1: bn_forward(x, y, n, c, hw, w, b, eps, mean, var, invstd, 1); break;
+        case 2: bn_forward(x, y, n, c, hw, w, b, eps, mean, var, invstd, 2); break;
+        default: bn_forward(x, y, n, c, hw, w, b, eps, mean, var, invstd, 0); break;
+    }
+    return 0;
+}
+
+static inline __attribute__((always_inline)) void bn_backward(
+        const float *restrict g, const float *restrict x, float *restrict dx, int64_t n,
+        int64_t c, int64_t hw, const float *restrict w, const float *restrict b,
+        const float *restrict mean, const float *restrict invstd, float *restrict dw,
+        float *restrict db, const int act) {
+    double count = (double)n * (double)hw;
+    for (int64_t ch = 0; ch < c; ch++) {
+        float mu = mean[ch], is = invstd[ch], scale = is * w[ch], shift = b[ch] - mu * scale;
+        float s1[BN_LANES] = {0}, s2[BN_LANES] = {0};
+        double sum_g = 0.0, sum_gx = 0.0; /* of dL/dz and of dL/dz * (x - mean) */
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + ch) * hw, *grow = g + (i * c + ch) * hw;
+            int64_t j = 0;
+            for (; j + BN_LANES <= hw; j += BN_LANES)
+                for (int k = 0; k < BN_LANES; k++) {
+                    float xv = row[j + k];
+                    float gz = grow[j + k] * bn_act_pass(xv * scale + shift, act);
+                    s1[k] += gz;
+                    s2[k] += gz * (xv - mu);
+                }
+            for (; j < hw; j++) {
+                float gz = grow[j] * bn_act_pass(row[j] * scale + shift, act);
+                s1[j % BN_LANES] += gz;
+                s2[j % BN_LANES] += gz * (row[j] - mu);
+            }
+            if ((i + 1) % BN_FLUSH == 0) {
+                sum_g += bn_lanes_sum(s1);
+                sum_gx += bn_lanes_sum(s2);
+            }
+        }
+        sum_g += bn_lanes_sum(s1);
+        sum_gx += bn_lanes_sum(s2);
+        db[ch] = (float)sum_g;
+        dw[ch] = (float)(sum_gx * is);
+        if (dx == NULL) continue;
+        /* dx = w * invstd * (gz - mean(gz) - xhat * mean(gz * xhat)), xhat = (x - mean) * invstd */
+        float k1 = (float)(sum_g / count), k2 = (float)(sum_gx / count) * is * is;
+        for (int64_t i = 0; i < n; i++) {
+            const float *row = x + (i * c + ch) * hw, *grow = g + (i * c + ch) * hw;
+            float *out = dx + (i * c + ch) * hw;
+            for (int64_t j = 0; j < hw; j++) {
+                float gz = grow[j] * bn_act_pass(row[j] * scale + shift, act);
+                out[j] = scale * (gz - k1 - (row[j] - mu) * k2);
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void bn_backward_nhwc(
+        const float *restrict g, const float *restrict x, float *restrict dx, int64_t rows,
+        int64_t c, const float *restrict w, const float *restrict b, const float *restrict mean,
+        const float *restrict invstd, float *restrict dw, float *restrict db, const int act) {
+    float s1[BN_MAX_CHANNELS], s2[BN_MAX_CHANNELS], scale[BN_MAX_CHANNELS], shift[BN_MAX_CHANNELS];
+    double sum_g[BN_MAX_CHANNELS], sum_gx[BN_MAX_CHANNELS];
+    for (int64_t ch = 0; ch < c; ch++) {
+        scale[ch] = invstd[ch] * w[ch];
+        shift[ch] = b[ch] - mean[ch] * scale[ch];
+        s1[ch] = s2[ch] = 0.0f;
+        sum_g[ch] = sum_gx[ch] = 0.0;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const float *px = x + r * c, *pg = g + r * c;
+        for (int64_t ch = 0; ch < c; ch++) {
+            float gz = pg[ch] * bn_act_pass(px[ch] * scale[ch] + shift[ch], act);
+            s1[ch] += gz;
+            s2[ch] += gz * (px[ch] - mean[ch]);
+        }
+        if ((r + 1) % BN_FLUSH == 0) {
+            bn_flush(s1, sum_g, c);
+            bn_flush(s2, sum_gx, c);
+        }
+    }
+    bn_flush(s1, sum_g, c);
+    bn_flush(s2, sum_gx, c);
+    double count = (double)rows;
+    for (int64_t ch = 0; ch < c; ch++) {
+        db[ch] = (float)sum_g[ch];
+        dw[ch] = (float)(sum_gx[ch] * invstd[ch]);
+        s1[ch] = (float)(sum_g[ch] / count);                            /* k1 */
+        s2[ch] = (float)(sum_gx[ch] / count) * invstd[ch] * invstd[ch]; /* k2 */
+    }
+    if (dx == NULL) return;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *px = x + r * c, *pg = g + r * c;
+        float *out = dx + r * c;
+        for (int64_t ch = 0; ch < c; ch++) {
+            float gz = pg[ch] * bn_act_pass(px[ch] * scale[ch] + shift[ch], act);
+            out[ch] = scale[ch] * (gz - s1[ch] - (px[ch] - mean[ch]) * s2[ch]);
+        }
+    }
+}
+
+/* The gradients of ffq_bn_act_forward's y: g = dL/dy, in x's layout (nhwc as there) -> dL/dx
+ * (skipped where dx is NULL), dL/dw and dL/db (c,), from x and the forward's mean and invstd;
+ * the activation's mask is formed again from x rather than kept. -1 where the forward refuses. */
+int ffq_bn_act_backward(const float *restrict g, const float *restrict x, float *restrict dx,
+                        int64_t n, int64_t c, int64_t hw, const float *restrict w,
+                        const float *restrict b, const float *restrict mean,
+                        const float *restrict invstd, float *restrict dw, float *restrict db,
+                        int act, int nhwc) {
+    if (nhwc) {
+        if (c > BN_MAX_CHANNELS) return -1;
+        switch (act) {
+            case 1: bn_backward_nhwc(g, x, dx, n * hw, c, w, b, mean, invstd, dw, db, 1); break;
+            case 2: bn_backward_nhwc(g, x, dx, n * hw, c, w, b, mean, invstd, dw, db, 2); break;
+            default: bn_backward_nhwc(g, x, dx, n * hw, c, w, b, mean, invstd, dw, db, 0); break;
+        }
+        return 0;
+    }
+    switch (act) {
+        case 1: bn_backward(g, x, dx, n, c, hw, w, b, mean, invstd, dw, db, 1); break;
+        case 2: bn_backward(g, x, dx, n, c, hw, w, b, mean, invstd, dw, db, 2); break;
+        default: bn_backward(g, x, dx, n, c, hw, w, b, mean, invstd, dw, db, 0); break;
+    }
+    return 0;
+}
