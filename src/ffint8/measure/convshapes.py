@@ -7,7 +7,8 @@ squeeze-excitation) and which tensors autograd saves for the backward is read of
 body in ffint8.nn.blocks; a unit type not described here is a ConfigError.
 Saved tensors (PyTorch's autograd): a conv its input; BatchNorm and GroupNorm their input; ReLU
 and sigmoid their output, ReLU6 (hardtanh) and SiLU their input; x * gate both operands; adds,
-means and reshapes nothing.
+means and reshapes nothing. Where the C kernel is built, BatchNorm followed by ReLU or ReLU6 is
+one fused operation in training (ffint8.nn.norm) that keeps only the norm's input.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ffint8.measure.convunit import ConvUnit, Elementwise, PoolHead, Saved
 from ffint8.measure.counts import Conv
 from ffint8.models import create_model
 from ffint8.nn.blocks import BasicBlock, ConvBlock, ConvNet, ConvNorm, InvertedResidual, SqueezeExcite
+from ffint8.quant import fastsr
 
 IN, OUT = "in", "out"
 Act = tuple[str, tuple[int, int, int]]  # a tensor inside a unit: (token, (C, H, W))
@@ -81,7 +83,8 @@ class UnitTrace:
             return y
         self.op(cn.act, y)
         out = self.new(y[1])
-        self.save(out if cn.act in ("relu", "sigmoid") else y)
+        if not (kind == "batchnorm" and cn.act in fastsr.BN_ACTIVATIONS and fastsr.available()):
+            self.save(out if cn.act in ("relu", "sigmoid") else y)
         return out
 
     def finish(self, out: Act) -> ConvUnit:
