@@ -381,32 +381,46 @@ def test_bound_kernel_returns_the_weights_new_absmax():
     assert math.isnan(step(0, g))
 
 
-@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
-@pytest.mark.parametrize("n,d,k", [(100, 784, 64), (70, 1000, 62), (33, 40, 5)])
-def test_step_factored_forms_rows_in_the_kernel_as_int8_mm_does(n, d, k):
-    # adam8_factored (the gradient's rows by VNNI dot products, in the kernel) against the row
-    # blocks from int8_mm: integer sums, the same noise by index, so bit-equal weights and state.
-    # On a CPU without VNNI both take the second path and the test still runs.
+def factored_steps(n: int, d: int, k: int, steps: int, paths: dict) -> list:
+    """Adam8.step_factored of an (n, d) weight from k random factor rows, once per path (setup
+    functions of the fresh optimiser): each path's (weight, state, max|W| per step)."""
     from ffint8.quant import QTensor
 
-    gen = torch.Generator().manual_seed(n)
+    gen = torch.Generator().manual_seed(n + k)
     g_q = QTensor(torch.randint(-127, 128, (k, n), generator=gen, dtype=torch.int8),
                   torch.tensor(3e-4))
     a_q = QTensor(torch.randint(-127, 128, (k, d), generator=gen, dtype=torch.int8),
                   torch.tensor(2e-3))
     out = []
-    for vnni in (True, False):
+    for setup in paths.values():
         p = torch.nn.Parameter(torch.randn(n, d, generator=torch.Generator().manual_seed(1)))
         opt = Adam8([p], block=128, chunk=1024)
-        opt.vnni = vnni
-        amaxes = [opt.step_factored(p, g_q, a_q) for _ in range(3)]
-        out.append((p.detach().clone(), opt.state[p], amaxes))
-    (pa, sa, aa), (pb, sb, ab) = out
-    assert not torch.equal(pa, torch.randn(n, d, generator=torch.Generator().manual_seed(1)))
+        setup(opt)
+        amaxes = [opt.step_factored(p, g_q, a_q) for _ in range(steps)]
+        out.append((p.detach().clone(), opt.state[p], amaxes, opt))
+    return out
+
+
+def assert_same_steps(a, b) -> None:
+    (pa, sa, aa, _), (pb, sb, ab, _) = a, b
+    assert not torch.equal(pa, torch.randn(pa.shape, generator=torch.Generator().manual_seed(1)))
     assert torch.equal(pa, pb)
     assert aa == ab and aa[-1] == float(pa.abs().max())
     for key in ("m", "m_scale", "r", "r_scale"):
         assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
+@pytest.mark.parametrize("n,d,k", [(100, 784, 64), (70, 1000, 62), (33, 40, 5)])
+def test_step_factored_forms_rows_in_the_kernel_as_int8_mm_does(n, d, k):
+    # adam8_factored (the gradient's rows by VNNI dot products or AMX tiles, in the kernel)
+    # against the row blocks from int8_mm: integer sums, the same noise by index, so bit-equal
+    # weights and state. On a CPU without VNNI both take the second path and the test still runs.
+    def rows_from(vnni):
+        return lambda opt: setattr(opt, "vnni", vnni)
+
+    assert_same_steps(*factored_steps(n, d, k, 3, {"own": rows_from(True),
+                                                   "int8_mm": rows_from(False)}))
 
 
 @pytest.mark.skipif(not fastsr.amx_rows(), reason="no AMX tiles here (CPU, build or kernel)")
@@ -414,28 +428,17 @@ def test_step_factored_forms_rows_in_the_kernel_as_int8_mm_does(n, d, k):
 def test_amx_rows_step_as_vnni_rows(n, d, k):
     # The kernel's rows by AMX tiles against its VNNI loop: whole 16-row blocks by the tiles,
     # the last rows (n % 16), the last columns (d % 16) and a depth past one tile (k > 64) too.
-    from ffint8.quant import QTensor
+    def amx(on):
+        def setup(opt):
+            assert fastsr.amx_rows(on) == on
+        return setup
 
-    gen = torch.Generator().manual_seed(k)
-    g_q = QTensor(torch.randint(-127, 128, (k, n), generator=gen, dtype=torch.int8),
-                  torch.tensor(3e-4))
-    a_q = QTensor(torch.randint(-127, 128, (k, d), generator=gen, dtype=torch.int8),
-                  torch.tensor(2e-3))
-    out = []
     try:
-        for amx in (True, False):
-            assert fastsr.amx_rows(amx) == amx
-            p = torch.nn.Parameter(torch.randn(n, d, generator=torch.Generator().manual_seed(1)))
-            opt = Adam8([p], block=128, chunk=1024)
-            amaxes = [opt.step_factored(p, g_q, a_q) for _ in range(2)]
-            out.append((p.detach().clone(), opt.state[p], amaxes))
+        tiles, loop = factored_steps(n, d, k, 2, {"amx": amx(True), "vnni": amx(False)})
     finally:
         fastsr.amx_rows(True)
-    (pa, sa, aa), (pb, sb, ab) = out
-    assert opt._scratch is not None  # the kernel's own rows ran, not int8_mm's blocks
-    assert torch.equal(pa, pb) and aa == ab
-    for key in ("m", "m_scale", "r", "r_scale"):
-        assert torch.equal(sa[key], sb[key]), key
+    assert tiles[3]._scratch is not None and loop[3]._scratch is not None  # the kernel's rows
+    assert_same_steps(tiles, loop)
 
 
 @pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")

@@ -388,6 +388,18 @@ static void gemm_rows_amx(const int8_t *restrict gt, int64_t kp, const uint8_t *
     }
     _tile_loadconfig(&cfg);
     int32_t start[16 * 16] __attribute__((aligned(64)));
+/* one accumulator tile `acc` of rows r.., columns col.. (16, or d % 16 for tiles 6 and 7), its
+ * a4 slab through tile `slab` (tile numbers are immediates, hence a macro) */
+#define AMX_ONE_TILE(acc, slab, col)                                          \
+    do {                                                                      \
+        _tile_loadd(acc, start, 64);                                          \
+        for (int64_t k0 = 0; k0 < kp; k0 += 64) {                             \
+            _tile_loadd(2, gt + r * kp + k0, kp);                             \
+            _tile_loadd(slab, a4 + (k0 / 4 * d + (col)) * 4, d * 4);          \
+            _tile_dpbsud(acc, 2, slab);                                       \
+        }                                                                     \
+        _tile_stored(acc, out + r * d + (col), d * 4);                        \
+    } while (0)
     for (int64_t r = 0; r < r16; r += 16) {
         for (int i = 0; i < 16; i++)
             for (int j = 0; j < 16; j++) start[i * 16 + j] = -corr[r + i];
@@ -405,25 +417,10 @@ static void gemm_rows_amx(const int8_t *restrict gt, int64_t kp, const uint8_t *
             _tile_stored(0, out + r * d + c, d * 4);
             _tile_stored(1, out + r * d + c + 16, d * 4);
         }
-        for (; c < d16; c += 16) {
-            _tile_loadd(0, start, 64);
-            for (int64_t k0 = 0; k0 < kp; k0 += 64) {
-                _tile_loadd(2, gt + r * kp + k0, kp);
-                _tile_loadd(3, a4 + (k0 / 4 * d + c) * 4, d * 4);
-                _tile_dpbsud(0, 2, 3);
-            }
-            _tile_stored(0, out + r * d + c, d * 4);
-        }
-        if (tail) {
-            _tile_loadd(6, start, 64);
-            for (int64_t k0 = 0; k0 < kp; k0 += 64) {
-                _tile_loadd(2, gt + r * kp + k0, kp);
-                _tile_loadd(7, a4 + (k0 / 4 * d + d16) * 4, d * 4);
-                _tile_dpbsud(6, 2, 7);
-            }
-            _tile_stored(6, out + r * d + d16, d * 4);
-        }
+        for (; c < d16; c += 16) AMX_ONE_TILE(0, 3, c);
+        if (tail) AMX_ONE_TILE(6, 7, d16);
     }
+#undef AMX_ONE_TILE
     _tile_release();
     if (r16 < rows)
         gemm_rows_vnni(gt + r16 * kp, kp, a4, corr + r16, rows - r16, d, out + r16 * d);
