@@ -91,8 +91,8 @@ def test_conv_norm_takes_the_kernel_when_training_only():
     assert torch.allclose(block(x), ref)
 
 
-@pytest.mark.parametrize("case", ["eval", "group", "silu", "double", "one value", "strided"])
-def test_falls_back_where_the_kernel_does_not_apply(case):
+@pytest.mark.parametrize("case", ["eval", "group", "silu", "double", "one value", "strided", "env"])
+def test_falls_back_where_the_kernel_does_not_apply(case, monkeypatch):
     norm = nn.BatchNorm2d(4)
     x, act = torch.randn(2, 4, 3, 3), "relu"
     if case == "eval":
@@ -105,6 +105,8 @@ def test_falls_back_where_the_kernel_does_not_apply(case):
         x, norm = x.double(), norm.double()
     elif case == "one value":  # BatchNorm2d refuses one value per channel when training
         x = torch.randn(1, 4, 1, 1)
+    elif case == "env":
+        monkeypatch.setenv("FFINT8_NO_FUSED_NORM", "1")
     else:
         x = x[:, :, ::2]
     assert batch_norm_act(x, norm, act) is None

@@ -10,11 +10,14 @@ F.batch_norm + the activation up to float32 rounding (tests/nn/test_norm.py), an
 statistics move as nn.BatchNorm2d moves them.
 
 batch_norm_act returns None where the kernel does not apply (no C kernel, a GPU tensor, another
-layout or activation, eval mode, a norm without affine parameters); the caller then runs the
+layout or activation, eval mode, a norm without affine parameters) or where the environment
+sets FFINT8_NO_FUSED_NORM=1 (to compare a run with PyTorch's modules); the caller then runs the
 module and the activation as before.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
@@ -52,7 +55,8 @@ class BatchNormAct(torch.autograd.Function):
 
 
 def _fits(x: torch.Tensor, norm: nn.Module, act: str | None) -> bool:
-    return (type(norm) is nn.BatchNorm2d and norm.training and norm.affine
+    return (os.environ.get("FFINT8_NO_FUSED_NORM") != "1"
+            and type(norm) is nn.BatchNorm2d and norm.training and norm.affine
             and act in fastsr.BN_ACTIVATIONS and fastsr.available()
             and fastsr.bn_layout(x) is not None and x.shape[0] * x.shape[2] * x.shape[3] > 1)
 
