@@ -23,7 +23,7 @@ from ffint8.measure.convunit import ConvUnit, Elementwise, PoolHead, Saved
 from ffint8.measure.counts import Conv
 from ffint8.models import create_model
 from ffint8.nn.blocks import BasicBlock, ConvBlock, ConvNet, ConvNorm, InvertedResidual, SqueezeExcite
-from ffint8.quant import fastsr
+from ffint8.nn.norm import fuses
 
 IN, OUT = "in", "out"
 Act = tuple[str, tuple[int, int, int]]  # a tensor inside a unit: (token, (C, H, W))
@@ -83,7 +83,7 @@ class UnitTrace:
             return y
         self.op(cn.act, y)
         out = self.new(y[1])
-        if not (kind == "batchnorm" and cn.act in fastsr.BN_ACTIVATIONS and fastsr.available()):
+        if not fuses(cn.norm, cn.act):  # fused: the norm's input is all it keeps
             self.save(out if cn.act in ("relu", "sigmoid") else y)
         return out
 

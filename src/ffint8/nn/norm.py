@@ -54,11 +54,19 @@ class BatchNormAct(torch.autograd.Function):
                 db if ctx.needs_input_grad[2] else None, None, None)
 
 
-def _fits(x: torch.Tensor, norm: nn.Module, act: str | None) -> bool:
+def fuses(norm: nn.Module, act: str | None) -> bool:
+    """Whether this norm and activation train by the fused kernel (given a map it takes: see
+    batch_norm_act): a BatchNorm2d with affine parameters, an activation the kernel has, the
+    C kernel built and not switched off. The analytic footprint (ffint8.measure.convshapes)
+    asks this too."""
     return (os.environ.get("FFINT8_NO_FUSED_NORM") != "1"
-            and type(norm) is nn.BatchNorm2d and norm.training and norm.affine
-            and act in fastsr.BN_ACTIVATIONS and fastsr.available()
-            and fastsr.bn_layout(x) is not None and x.shape[0] * x.shape[2] * x.shape[3] > 1)
+            and type(norm) is nn.BatchNorm2d and norm.affine
+            and act in fastsr.BN_ACTIVATIONS and fastsr.available())
+
+
+def _fits(x: torch.Tensor, norm: nn.Module, act: str | None) -> bool:
+    return (norm.training and fuses(norm, act) and fastsr.bn_layout(x) is not None
+            and x.shape[0] * x.shape[2] * x.shape[3] > 1)
 
 
 def batch_norm_act(x: torch.Tensor, norm: nn.Module, act: str | None) -> torch.Tensor | None:

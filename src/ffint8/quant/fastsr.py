@@ -116,9 +116,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ffq_adam8.argtypes = [ptr, ptr, ptr, f, i64, ptr, ptr, ptr, ptr, i64,
                               f, f, f, f, f, f, f, ctypes.c_int, u32, u32, u32, u32, i64, f]
     lib.ffq_factored_scratch.restype = i64
+    lib.ffq_factored_scratch.argtypes = [i64, i64, i64, i64]
     lib.ffq_use_amx.restype = ctypes.c_int
     lib.ffq_use_amx.argtypes = [ctypes.c_int]
-    lib.ffq_factored_scratch.argtypes = [i64, i64, i64, i64]
     lib.ffq_adam_i32_factored.restype = ctypes.c_float
     lib.ffq_adam_i32_factored.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ptr, i64,
                                           f, f, f, f, f, f, f, f, f, i64, ptr]
