@@ -130,6 +130,10 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                         "default %(default)s)")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="score the test set after every N-th epoch and after the last (default 1)")
+    g.add_argument("--norm-batches", type=int, default=d.norm_batches,
+                   help="FF CNNs: before each evaluation, re-estimate the batch norms' running "
+                        "statistics over N training batches with the weights fixed (0: keep "
+                        "training's moving averages; default %(default)s)")
     g = t.add_argument_group("output")
     g.add_argument("--out", default="runs/latest", help="run directory (default %(default)s)")
     g.add_argument("--no-progress", action="store_true",
@@ -206,7 +210,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
                        weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
                        limit_test=a.limit_test, threads=a.threads, device=a.device,
                        flush_denormals=a.flush_denormals,
-                       eval_every=a.eval_every, ff=ff)
+                       eval_every=a.eval_every, norm_batches=a.norm_batches, ff=ff)
 
 
 def _layered_defaults(args: argparse.Namespace) -> dict:

@@ -111,7 +111,11 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
                     dist.broadcast(p.data, src=r)
         lam = cfg.ff.lam(epoch) if cfg.ff.look_ahead != "none" else 0.0
         scored = lead and cfg.evaluates_after(epoch + 1, cfg.epochs)
-        acc = evaluator.evaluate(x_test, data.test.labels) if scored else None
+        acc = None
+        if scored:
+            evaluator.epoch = epoch  # the norm statistics' batches are drawn per epoch
+            evaluator.refresh_norm_statistics(x_train, data.train.labels)
+            acc = evaluator.evaluate(x_test, data.test.labels)
         history.append(EpochLog(epoch + 1, float(losses.sum()), acc, seconds, lam))
         if lead:
             write_epoch_csv(out / "epochs.csv", history)

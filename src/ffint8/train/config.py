@@ -124,7 +124,7 @@ TRAIN_BEFORE_FIELD = {"flush_denormals": False}
 # TrainConfig fields a resumed run may change, since nothing trained depends on them. A run may
 # move to a machine with other cores: float32 sums may then round differently in the last bits;
 # int8 ones cannot.
-RESUME_MAY_CHANGE = ("epochs", "eval_every", "threads", "device")
+RESUME_MAY_CHANGE = ("epochs", "eval_every", "norm_batches", "threads", "device")
 
 
 def resume_may_change_flags() -> str:
@@ -154,6 +154,10 @@ class TrainConfig:
     limit_test: int | None = None
     eval_batch_size: int = 1000
     eval_every: int = 1  # test accuracy after every N-th epoch, and always after the last
+    # FF CNNs: before each evaluation the batch norms' running statistics are re-estimated over
+    # this many training batches (ffint8.train.ff_units.estimate_norm_statistics); 0: the
+    # moving averages of training are kept
+    norm_batches: int = 50
     threads: int | None = None
     device: str = "cpu"  # cpu, cuda, cuda:N or auto (ffint8.devices)
     # flush float32 denormals to zero on the CPU (ffint8.devices.flush_denormals): trained weights
@@ -185,6 +189,8 @@ class TrainConfig:
             raise ConfigError("--hidden: an FF model needs at least one hidden layer")
         if self.eval_every < 1:
             raise ConfigError(f"--eval-every must be at least 1, got {self.eval_every}")
+        if self.norm_batches < 0:
+            raise ConfigError(f"--norm-batches must be >= 0, got {self.norm_batches}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         from ffint8.devices import check_device_name

@@ -137,6 +137,7 @@ def uses_factored_adam(cfg: TrainConfig, dense: bool, device: torch.device | str
 SELECTION_SAMPLES = 5000
 SELECTION_SEED = 0x5E1EC7  # added to the run's seed: the sample's own generator
 SELECTION_MARGIN = 0.001
+NORM_SEED = 0xB47C4  # added to the run's seed and the epoch: the norm statistics' batches
 # Goodness prediction on CNN units forwards at most this many (image, label) rows at once. Their
 # feature maps are large: 10 labels x a 1000-image evaluation batch in one forward is 10,000 rows,
 # 2 GB per activation of a full-width ResNet-18. Scoring 200 images on a quarter-width
@@ -380,6 +381,31 @@ class FFTrainer:
         self.predict_units = "skip-first" if skip else "all"
         return self.predict_units
 
+    def refresh_norm_statistics(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Re-estimate the batch norms' running statistics (ff_units.estimate_norm_statistics)
+        over cfg.norm_batches training batches made as a training step makes them: batch_size
+        images, each with its label (positives) and with a wrong one (negatives). The batches
+        come from a generator seeded by the run's seed and the epoch, so training's own draws are
+        untouched and a resumed run scores as one that never stopped. x: float32 (N, D) or the
+        uint8 images. Returns the batches used; 0 (nothing changed) for dense models, models
+        without batch norm, or --norm-batches 0."""
+        if self.dense or self.cfg.norm_batches == 0 or not ff_units.norm_layers(self.units):
+            return 0
+        g = torch.Generator().manual_seed(self.cfg.seed + NORM_SEED + self.epoch)
+        bs = min(self.cfg.batch_size, x.shape[0])
+        idx = torch.randperm(x.shape[0], generator=g)[: bs * self.cfg.norm_batches]
+
+        def batches():
+            for i in range(0, idx.numel() - bs + 1, bs):  # whole batches only
+                rows = idx[i : i + bs]
+                xb, yb = x[rows], y[rows]
+                if xb.dtype == torch.uint8:
+                    xb = to_float_images(xb)
+                neg = sample_negative_labels(yb, self.num_classes, g)
+                yield self._batch(xb, yb, neg)[0]
+
+        return ff_units.estimate_norm_statistics(self.units, batches(), self.cfg.ff)
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Test accuracy; with --predict-units auto the units are chosen first."""
         self.choose_predict_units()
@@ -397,8 +423,10 @@ class FFTrainer:
             unit = plan[self.epoch]
             lam = self.cfg.ff.lam(self.epoch)
             loss, seconds = self.train_epoch(x_train, y_train, unit, progress)
-            acc = self.evaluate(x_test, y_test) if (
-                x_test is not None and self.cfg.evaluates_after(self.epoch + 1, len(plan))) else None
+            acc = None
+            if x_test is not None and self.cfg.evaluates_after(self.epoch + 1, len(plan)):
+                self.refresh_norm_statistics(x_train, y_train)
+                acc = self.evaluate(x_test, y_test)
             log = EpochLog(self.epoch + 1, loss, acc, seconds, lam, unit)
             self.history.append(log)
             self.epoch += 1
