@@ -85,6 +85,7 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
     n_steps = -(-x_train.shape[0] // cfg.batch_size)
     evaluator = FFTrainer(model, cfg, num_classes)
     evaluator.use_for_selection(x_train, data.train.labels, len(data.test))  # --predict-units auto
+    evaluator.norm_source = (x_train, data.train.labels)  # batch-norm statistics (CNNs)
     kernel = kernel_description(cfg)
     if lead:
         out.mkdir(parents=True, exist_ok=True)
@@ -111,11 +112,8 @@ def run_pipeline_training(cfg: TrainConfig, out_dir: str | Path, rank: int, worl
                     dist.broadcast(p.data, src=r)
         lam = cfg.ff.lam(epoch) if cfg.ff.look_ahead != "none" else 0.0
         scored = lead and cfg.evaluates_after(epoch + 1, cfg.epochs)
-        acc = None
-        if scored:
-            evaluator.epoch = epoch  # the norm statistics' batches are drawn per epoch
-            evaluator.refresh_norm_statistics(x_train, data.train.labels)
-            acc = evaluator.evaluate(x_test, data.test.labels)
+        evaluator.epoch = epoch  # the norm statistics' batches are drawn per epoch
+        acc = evaluator.evaluate(x_test, data.test.labels) if scored else None
         history.append(EpochLog(epoch + 1, float(losses.sum()), acc, seconds, lam))
         if lead:
             write_epoch_csv(out / "epochs.csv", history)
