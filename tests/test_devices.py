@@ -104,7 +104,8 @@ def test_resume_may_name_a_device(tmp_path, capsys):
     # and the refusal of other changes names --device among what may change
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "3", "--lr", "0.1"]) == 2
-    assert "--epochs, --eval-every, --norm-batches, --threads and --device may change" in capsys.readouterr().err
+    may = "--epochs, --eval-every, --norm-batches, --threads and --device may change"
+    assert may in capsys.readouterr().err
 
 
 def test_distributed_refuses_a_gpu_before_joining_a_group(tmp_path, capsys):
