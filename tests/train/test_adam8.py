@@ -171,19 +171,23 @@ def test_training_run_with_adam8_resumes_exactly(tmp_path, algo):
 
 
 @pytest.mark.skipif(not fastsr.available(), reason="the C kernel is not built here")
-@pytest.mark.parametrize("n,wd", [(5000, 0.0), (700, 0.01), (256, 0.0)])
-def test_c_kernel_agrees_with_the_pytorch_path(n, wd):
+@pytest.mark.parametrize("n,wd,alternate", [(5000, 0.0, False), (700, 0.01, False),
+                                            (256, 0.0, False), (700, 0.0, True)])
+def test_c_kernel_agrees_with_the_pytorch_path(n, wd, alternate):
     # Rounding to nearest, the two paths store the same codes and scales (both multiply by
     # 1 / scale) and the same weights to float32's rounding (the kernel multiplies by
     # 1 / root_c2 where PyTorch divides; a last-bit difference can move a later code).
     # Stochastic rounding draws other noise in each, so it is checked by the statistical tests.
+    # alternate: one gradient with its sign flipped every step, so that |m| stays below r (with
+    # random gradients it is above): each block's two scales are each its own moment's.
     torch.manual_seed(0)
+    fixed = torch.randn(n)
     a = torch.nn.Parameter(torch.randn(n))
     b = torch.nn.Parameter(a.detach().clone())
     oa = Adam8([a], stochastic=False, weight_decay=wd)
     ob = Adam8([b], stochastic=False, weight_decay=wd, fused=False)
     for i in range(10):
-        g = torch.randn(n) * 10.0 ** (i % 3 - 1)
+        g = fixed * (-1) ** i if alternate else torch.randn(n) * 10.0 ** (i % 3 - 1)
         g[: n // 10] *= 1e-4  # small values in a block of large ones: the subnormal codes
         a.grad, b.grad = g.clone(), g.clone()
         oa.step()

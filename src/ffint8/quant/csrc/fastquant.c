@@ -194,13 +194,15 @@ static void e4m3_load(const uint8_t *restrict c, float *restrict out, float sc, 
     for (int64_t i = 0; i < block; i++) out[i] = e4m3_decode(c[i]) * sc;
 }
 
-/* Store block x as codes and one scale: absmax / 448, at least FLT_MIN (so that 1 / scale is
+/* Store block x as codes and one scale: amax (the block's ffq_absmax, which the caller found
+ * while it wrote x) / 448, at least FLT_MIN (so that 1 / scale is
  * finite: a block of tiny values stores zeros), x * (1 / scale) rounded. offset: x[0]'s index in
  * its tensor, for the rounding noise. Written as one loop per rounding, with a 32-bit index:
  * each then vectorises without masks or 64-bit lanes. */
 static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *restrict scale,
-                       int64_t block, int stochastic, uint32_t k1, uint32_t k2, int64_t offset) {
-    float s = ffq_absmax(x, block) / 448.0f; /* NaN if any is NaN or Inf */
+                       int64_t block, float amax, int stochastic, uint32_t k1, uint32_t k2,
+                       int64_t offset) {
+    float s = amax / 448.0f; /* NaN if any is NaN or Inf */
     if (!(s >= 0x1p-126f)) s = 0x1p-126f;
     *scale = s;
     float inv = 1.0f / s;
@@ -229,6 +231,49 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
         codes[i] = (uint8_t)e4m3_code(x[i] * inv, 1, sr_noise16(at + (uint32_t)i, k1, k2) << 4);
 }
 
+/* One block's update (ffq_adam8): values 0..len-1 from p and their gradient (g, or acc times
+ * g_scale where has_g is 0; L2 decay added where has_wd), then the padding past len as zeros, as
+ * the PyTorch path pads. m and r come in decoded and leave updated; *tm, *tr and *tp collect the
+ * bit patterns' maxima of |m|, |r| and the new |p| (ffq_absmax's order). One pass: the flags
+ * are constants where it is inlined, so each variant vectorises without branches. */
+static inline __attribute__((always_inline)) void adam8_block(
+        float *restrict p, const float *restrict g, const int32_t *restrict acc, float g_scale,
+        int64_t len, int64_t block, float *restrict m, float *restrict r, float w1, float b2,
+        float w2, float step_size, float inv_root_c2, float eps, float wd, const int has_g,
+        const int has_wd, uint32_t *tm, uint32_t *tr, uint32_t *tp) {
+    uint32_t am = *tm, ar = *tr, ap = *tp;
+    for (int64_t i = 0; i < len; i++) {
+        float pi = p[i];
+        float gi = has_g ? g[i] : (float)acc[i] * g_scale;
+        if (has_wd) gi = gi + wd * pi;
+        float mi = m[i] + w1 * (gi - m[i]);              /* lerp_ with weight w1 = 1 - b1 */
+        float ri = sqrtf(r[i] * r[i] * b2 + w2 * gi * gi); /* square_, mul_, addcmul_ */
+        float upd = mi / (ri * inv_root_c2 + eps);
+        float pn = ri > 0.0f ? pi + (-step_size) * upd : pi;
+        p[i] = pn;
+        m[i] = mi;
+        r[i] = ri;
+        uint32_t a = abs_bits(pn), b = abs_bits(mi), c = abs_bits(ri);
+        ap = a > ap ? a : ap;
+        am = b > am ? b : am;
+        ar = c > ar ? c : ar;
+    }
+    for (int64_t i = len; i < block; i++) { /* padding: gradient and parameter 0 */
+        float gi = 0.0f;
+        if (has_wd) gi = gi + wd * 0.0f;
+        float mi = m[i] + w1 * (gi - m[i]);
+        float ri = sqrtf(r[i] * r[i] * b2 + w2 * gi * gi);
+        m[i] = mi;
+        r[i] = ri;
+        uint32_t b = abs_bits(mi), c = abs_bits(ri);
+        am = b > am ? b : am;
+        ar = c > ar ? c : ar;
+    }
+    *tm = am;
+    *tr = ar;
+    *tp = ap;
+}
+
 /* One Adam step of n parameters p with gradient g (L2 weight decay wd added to it), the first
  * moment m and r = sqrt(v) stored as codes mc, rc (n rounded up to whole blocks) with scales
  * ms, rs; w1 = 1 - b1 and w2 = 1 - b2 as the caller rounds them.
@@ -239,45 +284,35 @@ static void e4m3_store(const float *restrict x, uint8_t *restrict codes, float *
  * p[0] in its tensor, where a caller steps a tensor a slice at a time (a multiple of block):
  * the rounding noise is hashed from base + i, so slices round as one call over the whole would.
  * Returns max(amax_in, max|p| after the step) as ffq_adam_i32 does (NaN once any p is NaN or
- * Inf), so that the caller can quantise the new weight without another pass to find it. */
+ * Inf), so that the caller can quantise the new weight without another pass to find it.
+ * A block takes three passes: decode m and r, update (adam8_block, which finds the maxima the
+ * stores need), encode m and r. */
 float ffq_adam8(float *restrict p, const float *restrict g, const int32_t *restrict acc,
                float g_scale, int64_t n, uint8_t *restrict mc,
                float *restrict ms, uint8_t *restrict rc, float *restrict rs, int64_t block,
                float w1, float b2, float w2, float step_size,
                float root_c2, float eps, float wd, int stochastic, uint32_t k1, uint32_t k2,
                uint32_t k3, uint32_t k4, int64_t base, float amax_in) {
-    float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK], gb[FFQ_MAX_BLOCK], pb[FFQ_MAX_BLOCK];
+    float m[FFQ_MAX_BLOCK], r[FFQ_MAX_BLOCK];
     uint32_t top = abs_bits(amax_in);
     float inv_root_c2 = 1.0f / root_c2;
     for (int64_t o = 0; o < n; o += block) {
         int64_t len = n - o < block ? n - o : block;
         int64_t b = o / block;
-        /* this block's gradient (decay added) and parameters; the padding past n is 0 */
-        for (int64_t i = 0; i < block; i++) {
-            pb[i] = i < len ? p[o + i] : 0.0f;
-            gb[i] = i < len ? (g ? g[o + i] : (float)acc[o + i] * g_scale) : 0.0f;
+        e4m3_load(mc + o, m, ms[b], block);
+        e4m3_load(rc + o, r, rs[b], block);
+        uint32_t tm = 0, tr = 0;
+#define FFQ_ADAM8_BLOCK(HAS_G, HAS_WD)                                                        \
+        adam8_block(p + o, HAS_G ? g + o : NULL, HAS_G ? NULL : acc + o, g_scale, len, block, m, \
+                    r, w1, b2, w2, step_size, inv_root_c2, eps, wd, HAS_G, HAS_WD, &tm, &tr, &top)
+        if (g) {
+            if (wd != 0.0f) FFQ_ADAM8_BLOCK(1, 1); else FFQ_ADAM8_BLOCK(1, 0);
+        } else {
+            if (wd != 0.0f) FFQ_ADAM8_BLOCK(0, 1); else FFQ_ADAM8_BLOCK(0, 0);
         }
-        if (wd != 0.0f)
-            for (int64_t i = 0; i < block; i++) gb[i] = gb[i] + wd * pb[i];
-        float msc = ms[b], rsc = rs[b];
-        e4m3_load(mc + o, m, msc, block);
-        e4m3_load(rc + o, r, rsc, block);
-        for (int64_t i = 0; i < block; i++) {
-            float gi = gb[i];
-            float mi = m[i] + w1 * (gi - m[i]);              /* lerp_ with weight w1 = 1 - b1 */
-            float ri = sqrtf(r[i] * r[i] * b2 + w2 * gi * gi); /* square_, mul_, addcmul_ */
-            float upd = mi / (ri * inv_root_c2 + eps);
-            pb[i] = ri > 0.0f ? pb[i] + (-step_size) * upd : pb[i];
-            m[i] = mi;
-            r[i] = ri;
-        }
-        for (int64_t i = 0; i < len; i++) {
-            p[o + i] = pb[i];
-            uint32_t a = abs_bits(pb[i]);
-            top = a > top ? a : top;
-        }
-        e4m3_store(m, mc + o, ms + b, block, stochastic, k1, k2, base + o);
-        e4m3_store(r, rc + o, rs + b, block, stochastic, k3, k4, base + o);
+#undef FFQ_ADAM8_BLOCK
+        e4m3_store(m, mc + o, ms + b, block, amax_of_bits(tm), stochastic, k1, k2, base + o);
+        e4m3_store(r, rc + o, rs + b, block, amax_of_bits(tr), stochastic, k3, k4, base + o);
     }
     return amax_of_bits(top);
 }
