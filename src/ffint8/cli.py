@@ -90,6 +90,8 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
     g.add_argument("--chain-depth", type=int, default=None, help="chain: later units that feed back")
     g.add_argument("--lambda-start", type=float, default=f.lambda_start)
     g.add_argument("--lambda-step", type=float, default=f.lambda_step, help="added every epoch")
+    g.add_argument("--lambda-max", type=float, default=f.lambda_max,
+                   help="where lambda stops rising (default: it never stops)")
     g.add_argument("--goodness", default=f.goodness, help=f"one of {', '.join(GOODNESS)}")
     g.add_argument("--theta", type=float, default=f.theta)
     g.add_argument("--loss", default=f.loss, help=f"one of {', '.join(LOSSES)} (symba: on G_pos - G_neg)")
@@ -198,6 +200,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     ff = FFConfig(algo=a.algo, look_ahead=a.look_ahead, goodness=a.goodness, theta=a.theta,
                   loss=a.loss, symba_alpha=a.symba_alpha, peer_weight=a.peer_weight,
                   norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
+                  lambda_max=a.lambda_max,
                   chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
                   weight_channel=a.weight_per_channel, predict=a.predict,
                   predict_units=a.predict_units, negatives=a.negatives)

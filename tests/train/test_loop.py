@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from ffint8.cli import main
 from ffint8.data import load_dataset, to_float_images
-from ffint8.errors import DivergenceError
+from ffint8.errors import ConfigError, DivergenceError
 from ffint8.models import create_model
 from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.loop import FFTrainer, make_optimizer
@@ -69,6 +70,20 @@ def test_lambda_schedule():
     cfg = FFConfig(lambda_start=0.0, lambda_step=0.001)
     assert cfg.lam(0) == 0.0
     assert cfg.lam(10) == pytest.approx(0.01)
+
+
+def test_lambda_stops_rising_at_lambda_max(capsys):
+    cfg = FFConfig(lambda_start=0.2, lambda_step=0.2, lambda_max=0.8)
+    assert [round(cfg.lam(e), 6) for e in range(6)] == [0.2, 0.4, 0.6, 0.8, 0.8, 0.8]
+    assert FFConfig(lambda_start=1.0, lambda_max=0.5).lam(0) == 0.5  # a cap below the start
+    # a run saved before the field existed keeps rising, as it did
+    saved = TrainConfig(ff=FFConfig(lambda_step=0.3)).to_dict()
+    del saved["ff"]["lambda_max"]
+    assert TrainConfig.from_saved(saved).ff.lam(9) == pytest.approx(2.7)
+    with pytest.raises(ConfigError, match="--lambda-max"):
+        FFConfig(lambda_max=-0.1)
+    assert main(["train", "--lambda-max", "-1", "--out", "/nonexistent/x"]) == 2
+    assert "--lambda-max" in capsys.readouterr().err
 
 
 def test_lr_schedules():

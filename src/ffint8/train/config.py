@@ -52,6 +52,7 @@ class FFConfig:
     norm: str = "rms"
     lambda_start: float = 0.0
     lambda_step: float = 0.2  # added after every epoch (the paper: 0.001)
+    lambda_max: float | None = None  # where the schedule stops rising (None: it never stops)
     chain_depth: int | None = None  # chain: how many later units feed back (None: all)
     schedule: str = "simultaneous"  # Algorithm 1, or greedy (unit after unit)
     int8_kernel: str = "auto"
@@ -89,6 +90,8 @@ class FFConfig:
             raise ConfigError(f"--chain-depth must be at least 1, got {self.chain_depth}")
         if self.lambda_start < 0 or self.lambda_step < 0:
             raise ConfigError("--lambda-start and --lambda-step must be >= 0")
+        if self.lambda_max is not None and not self.lambda_max >= 0:
+            raise ConfigError(f"--lambda-max must be >= 0, got {self.lambda_max}")
 
     @property
     def int8(self) -> bool:
@@ -112,8 +115,10 @@ class FFConfig:
         return scored_units(n_units, self.resolved().predict_units)
 
     def lam(self, epoch: int) -> float:
-        """lambda during 0-based epoch `epoch`: starts at lambda_start, + lambda_step per epoch."""
-        return self.lambda_start + self.lambda_step * epoch
+        """lambda during 0-based epoch `epoch`: starts at lambda_start, + lambda_step per epoch,
+        at most lambda_max where it is set."""
+        lam = self.lambda_start + self.lambda_step * epoch
+        return lam if self.lambda_max is None else min(lam, self.lambda_max)
 
 
 # Fields whose default has changed since they were added: a saved run's config written before a
@@ -239,7 +244,7 @@ PRESETS: dict[str, dict] = {
         "optimizer": "adam", "lr_schedule": "constant", "weight_decay": 0.0,
         "algo": "ff-int8", "look_ahead": "collab", "goodness": "mean", "theta": 2.0,
         "loss": "ff", "peer_weight": 0.0, "norm": "rms", "lambda_start": 0.0,
-        "lambda_step": 0.001, "chain_depth": None, "schedule": "simultaneous",
+        "lambda_step": 0.001, "lambda_max": None, "chain_depth": None, "schedule": "simultaneous",
         "predict": "goodness", "predict_units": "all", "negatives": "random",
     },
 }
