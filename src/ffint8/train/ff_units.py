@@ -83,9 +83,11 @@ def estimate_norm_statistics(units: Sequence[nn.Module], batches: Iterable[torch
     training batches, the same weights). This is "precise BN" (Wu and Johnson, 2021). With no
     batch the statistics are left as they were."""
     norms = norm_layers(units)
+    if not norms:  # before any batch is made
+        return 0
     it = iter(batches)
     first = next(it, None)
-    if not norms or first is None:
+    if first is None:
         return 0
     momenta = [m.momentum for m in norms]
     modes = [u.training for u in units]

@@ -145,6 +145,13 @@ NORM_SEED = 0xB47C4  # added to the run's seed and the epoch: the norm statistic
 CNN_EVAL_ROWS = 128
 
 
+def float_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x[rows] as float32 inputs: x is either those already or a data set's uint8 images, of which
+    only the chosen rows are converted."""
+    xb = x[rows]
+    return to_float_images(xb) if xb.dtype == torch.uint8 else xb
+
+
 @dataclass
 class FFTrainer:
     """Trains the FF units of `model` with the settings of `cfg`; holds all mutable run state."""
@@ -374,8 +381,7 @@ class FFTrainer:
         hits = torch.zeros(2, dtype=torch.long)
         for i in range(0, idx.numel(), self.cfg.eval_batch_size):
             rows = idx[i : i + self.cfg.eval_batch_size]
-            xb = x[rows]
-            gs = self.goodness_per_unit(to_float_images(xb) if xb.dtype == torch.uint8 else xb)
+            gs = self.goodness_per_unit(float_rows(x, rows))
             for k, units in enumerate(("all", "skip-first")):
                 scores = sum(gs[u] for u in scored_units(len(gs), units))
                 hits[k] += int((scores.argmax(1).cpu() == y[rows]).sum())
@@ -391,7 +397,7 @@ class FFTrainer:
         untouched and a resumed run scores as one that never stopped. x: float32 (N, D) or the
         uint8 images. Returns the batches used; 0 (nothing changed) for dense models, models
         without batch norm, or --norm-batches 0."""
-        if self.dense or self.cfg.norm_batches == 0 or not ff_units.norm_layers(self.units):
+        if self.dense or self.cfg.norm_batches == 0:
             return 0
         g = torch.Generator().manual_seed(self.cfg.seed + NORM_SEED + self.epoch)
         bs = min(self.cfg.batch_size, x.shape[0])
@@ -400,11 +406,9 @@ class FFTrainer:
         def batches():
             for i in range(0, idx.numel() - bs + 1, bs):  # whole batches only
                 rows = idx[i : i + bs]
-                xb, yb = x[rows], y[rows]
-                if xb.dtype == torch.uint8:
-                    xb = to_float_images(xb)
+                yb = y[rows]
                 neg = sample_negative_labels(yb, self.num_classes, g)
-                yield self._batch(xb, yb, neg)[0]
+                yield self._batch(float_rows(x, rows), yb, neg)[0]
 
         return ff_units.estimate_norm_statistics(self.units, batches(), self.cfg.ff)
 
