@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -132,6 +133,9 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
                         "default %(default)s)")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="score the test set after every N-th epoch and after the last (default 1)")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                   help="images scored at a time when evaluating (FF goodness prediction runs "
+                        "one row per image and label; default %(default)s)")
     g.add_argument("--norm-batches", type=int, default=d.norm_batches,
                    help="FF CNNs: before each evaluation, re-estimate the batch norms' running "
                         "statistics over N training batches with the weights fixed (0: keep "
@@ -197,23 +201,17 @@ def build_parser(train_defaults: dict | None = None) -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    ff = FFConfig(algo=a.algo, look_ahead=a.look_ahead, goodness=a.goodness, theta=a.theta,
-                  loss=a.loss, symba_alpha=a.symba_alpha, peer_weight=a.peer_weight,
-                  norm=a.norm, lambda_start=a.lambda_start, lambda_step=a.lambda_step,
-                  lambda_max=a.lambda_max,
-                  chain_depth=a.chain_depth, schedule=a.schedule, int8_kernel=a.int8_kernel,
-                  weight_channel=a.weight_per_channel, predict=a.predict,
-                  predict_units=a.predict_units, negatives=a.negatives)
-    return TrainConfig(model=a.model, hidden=a.hidden, width=a.width, label_plane=a.label_plane,
-                       dataset=a.dataset, data_dir=a.data_dir,
-                       epochs=TrainConfig.epochs if a.epochs is None else a.epochs,
-                       batch_size=a.batch_size, lr=a.lr,
-                       optimizer=a.optimizer,
-                       lr_schedule=a.lr_schedule,
-                       weight_decay=a.weight_decay, seed=a.seed, limit_train=a.limit_train,
-                       limit_test=a.limit_test, threads=a.threads, device=a.device,
-                       flush_denormals=a.flush_denormals,
-                       eval_every=a.eval_every, norm_batches=a.norm_batches, ff=ff)
+    """The TrainConfig the parsed train options give: every config field from its flag's
+    destination, so that no field (set on the line or in a --config file) can be left out."""
+
+    def given(cls) -> dict:
+        return {f.name: getattr(a, _FIELD_TO_DEST.get(f.name, f.name))
+                for f in dataclasses.fields(cls) if f.name != "ff"}
+
+    train = given(TrainConfig)
+    if train["epochs"] is None:  # --epochs unset (a resumed run keeps its own)
+        train["epochs"] = TrainConfig.epochs
+    return TrainConfig(**train, ff=FFConfig(**given(FFConfig)))
 
 
 def _layered_defaults(args: argparse.Namespace) -> dict:

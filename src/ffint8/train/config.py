@@ -129,7 +129,7 @@ TRAIN_BEFORE_FIELD = {"flush_denormals": False}
 # TrainConfig fields a resumed run may change, since nothing trained depends on them. A run may
 # move to a machine with other cores: float32 sums may then round differently in the last bits;
 # int8 ones cannot.
-RESUME_MAY_CHANGE = ("epochs", "eval_every", "norm_batches", "threads", "device")
+RESUME_MAY_CHANGE = ("epochs", "eval_every", "eval_batch_size", "norm_batches", "threads", "device")
 
 
 def resume_may_change_flags() -> str:
@@ -157,7 +157,7 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 1000  # images scored at a time (a score does not depend on it)
     eval_every: int = 1  # test accuracy after every N-th epoch, and always after the last
     # FF CNNs: before each evaluation the batch norms' running statistics are re-estimated over
     # this many training batches (ffint8.train.ff_units.estimate_norm_statistics); 0: the
@@ -192,6 +192,8 @@ class TrainConfig:
             raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
         if not self.hidden and not self.ff.backprop:  # backprop: a linear classifier is fine
             raise ConfigError("--hidden: an FF model needs at least one hidden layer")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}")
         if self.eval_every < 1:
             raise ConfigError(f"--eval-every must be at least 1, got {self.eval_every}")
         if self.norm_batches < 0:
