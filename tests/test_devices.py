@@ -104,7 +104,7 @@ def test_resume_may_name_a_device(tmp_path, capsys):
     # and the refusal of other changes names --device among what may change
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "3", "--lr", "0.1"]) == 2
-    may = "--epochs, --eval-every, --norm-batches, --threads and --device may change"
+    may = "--epochs, --eval-every, --eval-batch-size, --norm-batches, --threads and --device may change"
     assert may in capsys.readouterr().err
 
 

@@ -323,7 +323,11 @@ class FFTrainer:
             if direct is None or not direct([p for group in self.optimizer.param_groups
                                              for p in group["params"] if p.grad is not None]):
                 self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # zero_grad(set_to_none=True) without its profiler record and dynamo guard (0.01-0.06
+        # ms a call, one call per unit and step)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     @torch.no_grad()
     def goodness_per_unit(self, x: torch.Tensor) -> list[torch.Tensor]:
