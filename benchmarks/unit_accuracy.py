@@ -1,4 +1,5 @@
-"""Each FF unit's goodness prediction on its own, and summed over units 1..l, from a checkpoint.
+"""Each FF unit's goodness prediction on its own, summed over units 1..l and over l..L, from a
+checkpoint.
 
     PYTHONPATH=src python benchmarks/unit_accuracy.py RUN/checkpoint.pt [--limit-test 500]
 
@@ -41,12 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     parts = FFTrainer(model, cfg, data.num_classes).goodness_per_unit(x)
     print(f"{cfg.model} ({cfg.ff.algo}), {len(y)} test images, chance "
           f"{100 / data.num_classes:.1f}%")
-    total = torch.zeros_like(parts[0])
+    def hits(scores: torch.Tensor) -> float:
+        return 100 * (scores.argmax(1) == y).float().mean().item()
+
+    n = len(parts)
+    below = torch.cumsum(torch.stack(parts), 0)  # below[i]: units 1..i+1
+    above = below[-1] - below + torch.stack(parts)  # above[i]: units i+1..n
     for i, part in enumerate(parts):
-        total = total + part
-        alone = 100 * (part.argmax(1) == y).float().mean()
-        summed = 100 * (total.argmax(1) == y).float().mean()
-        print(f"unit {i + 1:3d}: alone {alone:5.1f}%   units 1..{i + 1}: {summed:5.1f}%")
+        print(f"unit {i + 1:3d}: alone {hits(part):5.1f}%   units 1..{i + 1}: "
+              f"{hits(below[i]):5.1f}%   units {i + 1}..{n}: {hits(above[i]):5.1f}%")
 
 
 if __name__ == "__main__":
