@@ -56,6 +56,30 @@ def test_image_shapes_and_units(name, in_features, size, channels):
     assert len(m.units) == {"resnet18": 9, "mobilenetv2": 19, "efficientnet_b0": 18}[name]
 
 
+
+def map_sides(m, in_features):
+    """The side of every unit's output map, in order."""
+    h, sides = torch.rand(2, in_features), []
+    with torch.no_grad():
+        for u in m.units:
+            h = u(h)
+            sides.append(h.shape[-1])
+    return sides
+
+
+@pytest.mark.parametrize("in_features,size", [(784, 28), (3072, 32)])
+def test_mobilenetv2_s2_is_mobilenetv2_with_stride_2_in_stage_two(in_features, size):
+    """The same units and parameters; the second stage's first block halves the map, so two
+    units work at full resolution instead of four, and the last map's side is halved."""
+    a = create_model("mobilenetv2", in_features=in_features, width=0.125)
+    b = create_model("mobilenetv2_s2", in_features=in_features, width=0.125)
+    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+    sa, sb = map_sides(a, in_features), map_sides(b, in_features)
+    assert sa[:4] == [size] * 4 and sa[4] == size // 2 and sa[-1] == 4
+    assert sb[:2] == [size] * 2 and sb[2] == size // 2 and sb[-1] == 2
+    with pytest.raises(ConfigError, match="model mobilenetv2_s2 takes 28x28"):
+        create_model("mobilenetv2_s2", in_features=100)
+
 @pytest.mark.parametrize("name", CNNS)
 def test_bad_options_are_config_errors(name):
     with pytest.raises(ConfigError, match=rf"model {name} takes 28x28 .* not 100 input values"):
