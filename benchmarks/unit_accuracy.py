@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         return 100 * (scores.argmax(1) == y).float().mean().item()
 
     n = len(parts)
-    below = torch.cumsum(torch.stack(parts), 0)  # below[i]: units 1..i+1
-    above = below[-1] - below + torch.stack(parts)  # above[i]: units i+1..n
+    stacked = torch.stack(parts)
+    below = torch.cumsum(stacked, 0)  # below[i]: units 1..i+1
+    above = below[-1] - below + stacked  # above[i]: units i+1..n
     for i, part in enumerate(parts):
         print(f"unit {i + 1:3d}: alone {hits(part):5.1f}%   units 1..{i + 1}: "
               f"{hits(below[i]):5.1f}%   units {i + 1}..{n}: {hits(above[i]):5.1f}%")
