@@ -2,7 +2,7 @@
 
     python benchmarks/mlp_step.py [--batch-sizes 32,128] [--rounds 5] [--limit-train 6400]
                                   [--threads 1] [--algos ff-int8,ff-int8-plain,bp-fp32,bp-gdai8]
-                                  (also ff-int8-mm)
+                                  (also ff-int8-mm, ff-int8-intmm, ff-int8-vnni)
                                   [--optimizer adam|adam8]
 
 Each algorithm's trainer is built with the `ffint8 train` defaults (784-1000-1000, Adam 0.003,
@@ -12,7 +12,9 @@ alike; the figure is the ratio of medians. ff-int8-plain is ff-int8 forming ever
 gradient as a float32 tensor for torch.optim.Adam, as before the factored step (train/
 factored.py); the two train to the same weights (bit-equal on x86). ff-int8-mm is ff-int8 with
 the factored step's int32 rows formed by int8_mm, as on CPUs without AVX-512 VNNI, where
-ff-int8 has the C kernel form them itself (the same weights). --optimizer adam8 gives the
+ff-int8 has the C kernel form them itself (the same weights). ff-int8-intmm and ff-int8-vnni
+are ff-int8 with the forward and input-gradient GEMMs by torch._int_mm or by the C kernel's
+VNNI rows (--int8-kernel int_mm or vnni; the same integers). --optimizer adam8 gives the
 FF algorithms adam8 instead (factored and plain alike); the baselines keep Adam.
 Prints ms per step and seconds per epoch for each, and each ratio to bp-fp32.
 """
@@ -31,14 +33,17 @@ from ffint8.train.config import FFConfig, TrainConfig
 from ffint8.train.loop import FFTrainer
 from ffint8.train.run import build_model, make_trainer
 
-ALGOS = ("ff-int8", "ff-int8-plain", "ff-int8-mm", "bp-fp32", "bp-gdai8", "ff-fp32", "bp-int8", "bp-ui8")
+KERNEL_VARIANTS = {"ff-int8-intmm": "int_mm", "ff-int8-vnni": "vnni"}
+ALGOS = ("ff-int8", "ff-int8-plain", "ff-int8-mm", *KERNEL_VARIANTS, "bp-fp32", "bp-gdai8",
+         "ff-fp32", "bp-int8", "bp-ui8")
 
 
 def build(name: str, batch_size: int, optimizer: str = "adam"):
-    algo = "ff-int8" if name in ("ff-int8-plain", "ff-int8-mm") else name
+    algo = "ff-int8" if name.startswith("ff-int8-") else name
     opt = optimizer if algo.startswith("ff-") else "adam"  # the baselines keep Adam
     cfg = TrainConfig(batch_size=batch_size, seed=0, optimizer=opt,
-                      ff=FFConfig(algo=algo, lambda_start=0.2))
+                      ff=FFConfig(algo=algo, lambda_start=0.2,
+                                  int8_kernel=KERNEL_VARIANTS.get(name, "auto")))
     torch.manual_seed(0)
     model = build_model(cfg, 784, 10)
     if name == "ff-int8-plain":
@@ -100,6 +105,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{med[n] * 60000 / len(x):6.1f} s per 60,000 images{ratio}", flush=True)
         if "ff-int8" in med and "ff-int8-plain" in med:
             print(f"  factored / plain ff-int8: {med['ff-int8'] / med['ff-int8-plain']:.2f}")
+        if "ff-int8-vnni" in med and "ff-int8-intmm" in med:
+            same = all(torch.equal(a.weight, b.weight) for a, b in
+                       zip(trainers["ff-int8-vnni"].units, trainers["ff-int8-intmm"].units))
+            print(f"  vnni / int_mm GEMMs: {med['ff-int8-vnni'] / med['ff-int8-intmm']:.2f} "
+                  f"(same weights: {'yes' if same else 'NO'})")
         if "ff-int8" in med and "ff-int8-mm" in med:
             same = all(torch.equal(a.weight, b.weight) for a, b in
                        zip(trainers["ff-int8"].units, trainers["ff-int8-mm"].units))

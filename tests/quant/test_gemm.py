@@ -16,7 +16,11 @@ from ffint8.quant.gemm import (
     resolve_kernel,
 )
 
-ALL_KERNELS = ("int_mm", "float-exact", "reference", "auto")
+ALL_KERNELS = ("int_mm", "vnni", "float-exact", "reference", "auto")
+# the C kernel's VNNI rows run only where it was built with AVX-512 VNNI
+VNNI = pytest.param("vnni", marks=pytest.mark.skipif(not gemm.vnni_available(),
+                                                     reason="no VNNI loop in the C kernel here"))
+KERNEL_PARAMS = ("int_mm", VNNI, "float-exact", "reference", "auto")
 # K values: tiny, odd, and across the float-exact chunk (FLOAT_EXACT_K terms), including two
 # chunks + 1.
 KS = (1, 3, 17, 33, 127, FLOAT_EXACT_K, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1)
@@ -51,7 +55,7 @@ def test_constants_are_the_exactness_limits():
 # bit-exactness on random operands
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("mn", MNS)
 def test_int8_mm_random_bit_exact(kernel, k, mn):
@@ -64,7 +68,7 @@ def test_int8_mm_random_bit_exact(kernel, k, mn):
     assert torch.equal(out.long(), ref_mm(a, b))
 
 
-@pytest.mark.parametrize("kernel", ("float-exact", "reference", "auto"))
+@pytest.mark.parametrize("kernel", (VNNI, "float-exact", "reference", "auto"))
 @pytest.mark.parametrize("k", (1, 33, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1))
 @pytest.mark.parametrize("mn", BIG_MNS)
 def test_int8_mm_random_bit_exact_larger_outputs(kernel, k, mn):
@@ -74,7 +78,7 @@ def test_int8_mm_random_bit_exact_larger_outputs(kernel, k, mn):
     assert torch.equal(int8_mm(a, b, kernel).long(), ref_mm(a, b))
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_int8_mm_non_contiguous_operands(kernel):
     gen = torch.Generator().manual_seed(3)
     k = FLOAT_EXACT_K + 1  # past one float-exact chunk
@@ -91,7 +95,7 @@ def _odd_stride(t: torch.Tensor) -> torch.Tensor:
     return out.copy_(t)
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 @pytest.mark.parametrize("mkn,which", [((24, 1, 2), "b"), ((1, 5, 3), "a"), ((1, 1, 7), "ab"),
                                       ((4, 6, 1), "b"), ((1, 17, 1), "ab")])
 def test_int8_mm_size_one_dims_with_transposed_strides(kernel, mkn, which):
@@ -126,7 +130,7 @@ def _extreme_operands(pattern, m, k, n, gen):
     return (sa * 127).to(torch.int8), (sb * 127).to(torch.int8)
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 @pytest.mark.parametrize(
     "k", (1, FLOAT_EXACT_K, FLOAT_EXACT_K + 1, 2 * FLOAT_EXACT_K + 1, 3 * FLOAT_EXACT_K + 17)
 )
@@ -149,7 +153,7 @@ def test_int8_mm_extreme_values(kernel, k, pattern):
         assert bool((out.long() == k * 128 * 128).all())
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_int8_mm_at_max_exact_k_stays_int32(kernel):
     k = MAX_EXACT_K
     a = torch.full((1, k), 127, dtype=torch.int8)
@@ -159,7 +163,7 @@ def test_int8_mm_at_max_exact_k_stays_int32(kernel):
     assert bool((out.long() == k * 127 * 127).all())  # 2,114,044,159 <= 2^31 - 1
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_int8_mm_past_max_exact_k_is_int64(kernel):
     k = MAX_EXACT_K + 1
     a = torch.full((1, k), -128, dtype=torch.int8)
@@ -169,7 +173,7 @@ def test_int8_mm_past_max_exact_k_is_int64(kernel):
     assert out.item() == k * 128 * 128 > 2**31 - 1  # 2^31: one past int32
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_int8_mm_long_reduction_all_127_does_not_overflow(kernel):
     k = 140_000
     a = torch.full((2, k), 127, dtype=torch.int8)
@@ -182,7 +186,7 @@ def test_int8_mm_long_reduction_all_127_does_not_overflow(kernel):
     assert out.tolist() == [[expected, expected], [expected, expected]]
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_int8_mm_long_reduction_random_bit_exact(kernel):
     k = 2 * MAX_EXACT_K + 5  # three int32 chunks, the last one short
     gen = torch.Generator().manual_seed(11)
@@ -276,7 +280,7 @@ def _scales(kind, m, n, gen):
     return pos(()), pos((1, n))  # tensor-col
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 @pytest.mark.parametrize("kind", ("tensor", "row-col", "row-tensor", "tensor-col"))
 @pytest.mark.parametrize(
     "mkn", ((5, 37, 7), (3, FLOAT_EXACT_K, 2), (17, FLOAT_EXACT_K + 1, 3), (1, 1, 1))
@@ -294,7 +298,7 @@ def test_int8_mm_scaled_matches_float64(kernel, kind, mkn):
     torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=tol)
 
 
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 def test_int8_mm_scaled_rejects_bad_operands(kernel):
     s = torch.tensor(0.5)
     with pytest.raises(TypeError):
@@ -332,6 +336,7 @@ def test_int8_mm_scaled_long_reduction():
 @pytest.mark.parametrize("has_dot,expected", [(True, "int_mm"), (False, "float-exact")])
 def test_resolve_auto_on_cpu_follows_int8_dot(monkeypatch, has_dot, expected):
     monkeypatch.setattr("ffint8.quant.gemm.cpu_has_int8_dot", lambda: has_dot)
+    monkeypatch.setattr("ffint8.quant.gemm.vnni_available", lambda device="cpu": False)
     assert resolve_kernel("auto") == expected
     assert resolve_kernel("auto", "cpu") == expected
     assert resolve_kernel("auto", torch.device("cpu")) == expected
@@ -344,6 +349,71 @@ def test_resolve_auto_on_cuda_is_int_mm(monkeypatch, has_dot):
     assert resolve_kernel("auto", torch.device("cuda", 0)) == "int_mm"
 
 
+@pytest.mark.parametrize("threads,vnni,has_dot,allowed,expected", [
+    (1, True, True, True, "vnni"),        # one thread: the C kernel's rows
+    (2, True, True, True, "int_mm"),      # more: oneDNN's GEMM, which uses them
+    (1, True, True, False, "int_mm"),     # the convolutions' own GEMMs leave vnni out
+    (1, True, False, True, "vnni"),
+    (2, True, False, True, "float-exact"),
+    (1, False, True, True, "int_mm"),     # a build without the VNNI loop
+])
+def test_resolve_auto_picks_vnni_on_one_thread(monkeypatch, threads, vnni, has_dot, allowed,
+                                               expected):
+    monkeypatch.setattr("ffint8.quant.gemm.cpu_has_int8_dot", lambda: has_dot)
+    monkeypatch.setattr("ffint8.quant.gemm.vnni_available", lambda device="cpu": vnni)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert resolve_kernel("auto", "cpu", vnni=allowed) == expected
+    assert resolve_kernel("auto", "cuda", vnni=allowed) == "int_mm"
+
+
+def test_vnni_by_name_where_it_cannot_run_is_refused(monkeypatch):
+    monkeypatch.setattr("ffint8.quant.gemm._vnni_built", lambda: False)
+    with pytest.raises(ValueError, match="'vnni' runs only on a CPU"):
+        resolve_kernel("vnni", "cpu")
+    with pytest.raises(ValueError, match="'vnni' runs only on a CPU"):
+        int8_mm(torch.zeros(2, 3, dtype=torch.int8), torch.zeros(3, 4, dtype=torch.int8), "vnni")
+
+
+def test_vnni_is_only_for_cpus():
+    with pytest.raises(ValueError, match="'vnni' runs only on a CPU"):
+        resolve_kernel("vnni", "cuda")
+
+
+@pytest.mark.skipif(not gemm.vnni_available(), reason="no VNNI loop in the C kernel here")
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (3, 5, 7), (64, 784, 1000), (130, 65, 17),
+                                 (65, 1000, 100), (2, 131, 64), (5, 0, 3)])
+@pytest.mark.parametrize("layout", ["nt", "nn", "nt-wide-rows", "nn-wide-rows"])
+def test_vnni_layouts_bit_exact(mkn, layout):
+    # the dense layers' two products: x W^T (nt, b a transposed weight as it lies) and g W (nn),
+    # operands also as slices of wider rows, whose row stride is not K: with K = 5 and rows of
+    # 8 bytes the stride equals K rounded up to a quad, so the kernel reads the 3 bytes past
+    # each row in place, and they must add nothing
+    m, k, n = mkn
+    gen = torch.Generator().manual_seed(m * 1000 + k + n)
+    wide = 3 if "wide" in layout else 0
+    a = rand_i8((m, k + wide), gen, -128, 127)[:, :k]
+    if layout.startswith("nt"):
+        b = rand_i8((n, k + wide), gen, -128, 127)[:, :k].t()
+    else:
+        b = rand_i8((k, n + wide), gen, -128, 127)[:, :n]
+    got = int8_mm(a, b, "vnni")
+    assert got.dtype == torch.int32 and got.shape == (m, n)
+    assert torch.equal(got.long(), ref_mm(a, b))
+
+
+@pytest.mark.skipif(not gemm.vnni_available(), reason="no VNNI loop in the C kernel here")
+def test_vnni_scratch_does_not_grow_with_the_rows_of_a_forward():
+    # x W^T takes x's rows 64 at a time: an evaluation's thousands of rows need no more scratch
+    # (kept between calls) than a training batch's
+    from ffint8.quant import fastsr
+
+    lib = fastsr._library()
+    assert lib.ffq_int8_mm_scratch(25_000, 784, 1000, 1, 784) == lib.ffq_int8_mm_scratch(
+        64, 784, 1000, 1, 784)
+    assert lib.ffq_int8_mm_scratch(25_000, 784, 1000, 0, 784) > lib.ffq_int8_mm_scratch(
+        64, 784, 1000, 0, 784)  # nn copies nothing of a here (row stride 784) but its corr grows
+
+
 @pytest.mark.parametrize("kernel", ("int_mm", "float-exact", "reference"))
 @pytest.mark.parametrize("device", ("cpu", "cuda"))
 def test_resolve_named_kernels_unchanged(monkeypatch, kernel, device):
@@ -352,9 +422,15 @@ def test_resolve_named_kernels_unchanged(monkeypatch, kernel, device):
         assert resolve_kernel(kernel, device) == kernel
 
 
-@pytest.mark.parametrize("has_dot,expected", [(True, "int_mm"), (False, "float-exact")])
-def test_int8_mm_auto_dispatches_to_resolved_kernel(monkeypatch, has_dot, expected):
+@pytest.mark.parametrize("has_dot,vnni,expected", [(True, False, "int_mm"),
+                                                    (False, False, "float-exact"),
+                                                    (True, True, "vnni")])
+def test_int8_mm_auto_dispatches_to_resolved_kernel(monkeypatch, has_dot, vnni, expected):
+    if vnni and not gemm.vnni_available():
+        pytest.skip("no VNNI loop in the C kernel here")
     monkeypatch.setattr("ffint8.quant.gemm.cpu_has_int8_dot", lambda: has_dot)
+    monkeypatch.setattr("ffint8.quant.gemm.vnni_available", lambda device="cpu": vnni)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     calls = []
     for name, impl in list(gemm._IMPL.items()):
         def spy(a, b, _name=name, _impl=impl):
@@ -410,7 +486,7 @@ def test_int8_mm_cuda_padding_exact(mkn):
     assert torch.equal(out.cpu().long(), ref_mm(a, b))
 
 
-@pytest.mark.parametrize("kernel", ["int_mm", "float-exact", "reference", "auto"])
+@pytest.mark.parametrize("kernel", ["int_mm", VNNI, "float-exact", "reference", "auto"])
 def test_out_holds_the_product(kernel):
     gen = torch.Generator().manual_seed(11)
     a = torch.randint(-128, 128, (40, 64), dtype=torch.int8, generator=gen)

@@ -139,6 +139,18 @@ def test_a_named_int8_kernel_forms_the_product_itself():
 
 
 @needs_lib
+def test_the_vnni_kernel_by_name_keeps_the_c_rows():
+    # --int8-kernel vnni names the same rows the C kernel forms itself: they still run there
+    a, fa, *_ = pair((30, 20))
+    fa.kernel = "vnni"
+    fa.step_factored(a, *factors(8, 30, 20, torch.Generator().manual_seed(4)))
+    if fastsr.vnni_rows():
+        assert fa._scratch is not None and fa._acc is None
+    else:
+        assert fa._scratch is None and fa._acc is not None
+
+
+@needs_lib
 def test_non_finite_weight_gives_nan_absmax():
     a, fa, *_ = pair((16, 16))
     g_q, a_q = factors(8, 16, 16, torch.Generator().manual_seed(3))

@@ -50,7 +50,8 @@ def input_grads_only() -> Iterator[None]:
 
 
 # the int8 GEMM kernel names of FFConfig.int8_kernel -> the int8 convolution kernel that matches
-_CONV_KERNEL = {"auto": "auto", "int_mm": "im2col", "float-exact": "float-exact",
+# (vnni: the convolutions keep auto's choice; the C kernel's VNNI rows are for the dense GEMMs)
+_CONV_KERNEL = {"auto": "auto", "int_mm": "im2col", "vnni": "auto", "float-exact": "float-exact",
                 "reference": "reference"}
 
 

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ffint8.quant import fastsr
-from ffint8.quant.gemm import FLOAT_EXACT_K, MAX_EXACT_K, cpu_has_int8_dot, int8_mm
+from ffint8.quant.gemm import FLOAT_EXACT_K, MAX_EXACT_K, cpu_has_int8_dot, int8_mm, resolve_kernel
 
 ConvKernel = Literal["auto", "onednn", "im2col", "float-exact", "reference"]
 CONV_KERNELS = ("auto", "onednn", "im2col", "float-exact", "reference")
@@ -78,6 +78,12 @@ class ConvSpec:
     def out_size(self, h: int, w: int, kh: int, kw: int) -> tuple[int, int]:
         (sh, sw), (ph, pw) = self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _gemm(t: torch.Tensor) -> str:
+    """The int8 GEMM kernel of the convolutions' own products (taps, im2col): "auto" without the
+    C kernel's VNNI rows, which are laid out for the dense layers' shapes (gemm.resolve_kernel)."""
+    return resolve_kernel("auto", t.device, vnni=False)
 
 
 def _check(x: torch.Tensor, w_shape: tuple[int, ...], spec: ConvSpec) -> tuple[int, int]:
@@ -410,7 +416,8 @@ def _taps_weight_s1(x: torch.Tensor, g: torch.Tensor, w_shape: tuple[int, ...],
     g4[:, :ho, wo:].zero_()
     g4[:, :ho, :wo] = g.permute(0, 2, 3, 1)
     gt = gp.t()
-    taps = [int8_mm(gt, xp[a * wp + b : a * wp + b + m]) for a in range(kh) for b in range(kw)]
+    mm = _gemm(x)
+    taps = [int8_mm(gt, xp[a * wp + b : a * wp + b + m], mm) for a in range(kh) for b in range(kw)]
     out = torch.stack(taps, dim=1).view(o, kh, kw, c)  # (O, kh*kw, C) -> (O, kh, kw, C)
     return out.permute(0, 3, 1, 2).contiguous()
 
@@ -512,7 +519,8 @@ def _forward_int(x, w, spec, kernel):
         if kernel == "reference":
             z = torch.bmm(cols, wg.long().transpose(1, 2)).to(dtype)  # (G, N*L, Og)
         else:
-            z = torch.stack([int8_mm(cols[i], wg[i].t().contiguous()) for i in range(spec.groups)])
+            z = torch.stack([int8_mm(cols[i], wg[i].t().contiguous(), _gemm(x))
+                             for i in range(spec.groups)])
         n, ho, wo = x.shape[0], *spec.out_size(*x.shape[2:], kh, kw)
         return z.reshape(spec.groups, n, ho, wo, -1).permute(1, 0, 4, 2, 3).reshape(n, o, ho, wo)
     out = None
@@ -549,7 +557,8 @@ def _weight_int(x, g, w_shape, spec, kernel):
         if kernel == "reference":
             gw = torch.bmm(gg.long(), cols).to(dtype)
         else:
-            gw = torch.stack([int8_mm(gg[i].contiguous(), cols[i]) for i in range(spec.groups)])
+            gw = torch.stack([int8_mm(gg[i].contiguous(), cols[i], _gemm(x))
+                              for i in range(spec.groups)])
         return gw.reshape(w_shape)
     if kernel == "onednn" and _taps_fit(spec):
         return _taps_weight(x, g, w_shape, spec).to(dtype)
@@ -582,7 +591,8 @@ def _input_int(g, w, x_shape, spec, kernel):
         if kernel == "reference":
             cols = torch.bmm(gg.long(), wg.long()).to(dtype)  # (G, N*L, Cg*kk)
         else:
-            cols = torch.stack([int8_mm(gg[i].contiguous(), wg[i]) for i in range(spec.groups)])
+            cols = torch.stack([int8_mm(gg[i].contiguous(), wg[i], _gemm(g))
+                                for i in range(spec.groups)])
             cols = cols.to(dtype)
         return _col2im(cols, x_shape, kh, kw, spec, ho, wo)
     if kernel == "float-exact" and og * kh * kw > FLOAT_EXACT_K and _input_grad_fits_float(g, w):

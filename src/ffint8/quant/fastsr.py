@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -150,6 +151,10 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ffq_bn_act_backward.restype = ctypes.c_int
     lib.ffq_bn_act_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr,
                                         ptr, ctypes.c_int, ctypes.c_int]
+    lib.ffq_int8_mm_scratch.restype = i64
+    lib.ffq_int8_mm_scratch.argtypes = [i64, i64, i64, ctypes.c_int, i64]
+    lib.ffq_int8_mm.restype = ctypes.c_int
+    lib.ffq_int8_mm.argtypes = [ptr, i64, ptr, i64, ctypes.c_int, i64, i64, i64, ptr, ptr]
     return lib
 
 
@@ -387,6 +392,65 @@ def vnni_rows() -> bool:
     AVX-512 VNNI): adam_int32_factored and adam8_factored run."""
     lib = _library()
     return lib is not None and lib.ffq_factored_scratch(1, 1, 1, 1) > 0
+
+
+VNNI_MM_MAX_K = (2**31 - 1) // (128 * 128)  # gemm.MAX_EXACT_K: the true sums fit in int32
+
+
+def _vnni_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int] | None:
+    """(b's row stride, nt) where ffq_int8_mm reads the int8 CPU operands a (M, K), b (K, N) as
+    they lie: a's rows contiguous, b row-major (nt 0) or the transpose of a row-major (N, K)
+    matrix (nt 1); None where they need a copy first."""
+    def rows(t: torch.Tensor) -> bool:  # unit stride along dim 1 and rows that do not overlap
+        return t.stride(1) == 1 and t.stride(0) >= t.shape[1]
+
+    if rows(b):
+        return b.stride(0), 0
+    if b.stride(0) == 1 and b.stride(1) >= b.shape[0]:
+        return b.stride(1), 1
+    return None
+
+
+def int8_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+            ) -> torch.Tensor | None:
+    """The exact int32 product a @ b of int8 CPU matrices a (M, K) and b (K, N), K at most
+    VNNI_MM_MAX_K, by the C kernel's VNNI rows (one thread); into out (a contiguous int32 (M, N)
+    tensor) where given. None where this build has no VNNI loop (vnni_rows() is False)."""
+    lib = _library()
+    if lib is None or not vnni_rows():
+        return None
+    (m, k), n = a.shape, b.shape[1]
+    if k > VNNI_MM_MAX_K:
+        raise ValueError(f"int8_mm: K = {k} is past {VNNI_MM_MAX_K}, where int32 sums can overflow")
+    if a.stride(1) != 1 or a.stride(0) < k:
+        a = a.contiguous()
+    layout = _vnni_layout(a, b)
+    if layout is None:
+        b = b.contiguous()
+        layout = b.stride(0), 0
+    if out is None:
+        out = torch.empty(m, n, dtype=torch.int32)
+    if m == 0 or n == 0:
+        return out
+    lda = max(a.stride(0), k)
+    ldb, nt = layout
+    scratch = _workspace(lib.ffq_int8_mm_scratch(m, k, n, nt, ldb if nt else lda))
+    lib.ffq_int8_mm(a.data_ptr(), lda, b.data_ptr(), ldb, nt, m, k, n, out.data_ptr(),
+                    scratch.data_ptr())
+    return out
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(nbytes: int) -> torch.Tensor:
+    """This thread's scratch of at least nbytes, kept between calls (grown, never shrunk), so
+    that a training step does not allocate and free a megabyte per GEMM."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        _WORKSPACE.buf = buf = None  # the old one goes before the new one comes
+        buf = _WORKSPACE.buf = torch.empty(nbytes, dtype=torch.uint8)
+    return buf
 
 
 def amx_rows(enable: bool | None = None) -> bool:

@@ -4,6 +4,12 @@ Kernels (all exact; they differ only in speed):
 - "int_mm": torch._int_mm, a real integer kernel (oneDNN VNNI/AMX on x86 CPUs that have them,
   cuBLASLt IMMA on CUDA). On x86 CPUs without VNNI, PyTorch's CPU path is a slow scalar loop
   (measured 20-30x slower than float32 on an AVX2-only EPYC), so "auto" does not pick it there.
+- "vnni": this project's C kernel (ffint8.quant.fastsr.int8_mm): the AVX-512 VNNI rows (AMX
+  tiles where they run) that also form the factored weight gradients, on one thread. As exact
+  and as fast as int_mm on one thread for the MLP's GEMMs (AMD EPYC, session 20), without
+  bringing oneDNN's int8 GEMM code into the process (3.7 MB less resident library code there,
+  docs/measurement.md). Only where the C kernel was built with VNNI; "auto" picks it there when
+  PyTorch runs on one thread, and int_mm on more (oneDNN's GEMM uses them).
 - "float-exact": the int8 values in float32 through the float GEMM, in K-chunks of at most
   1024 terms, so every partial sum is an integer below 2^24 and therefore exact; chunks are summed
   in int32. The integer result is bit-identical to int_mm; it is the fallback for CPUs with no
@@ -21,8 +27,8 @@ from typing import Literal
 
 import torch
 
-Kernel = Literal["auto", "int_mm", "float-exact", "reference"]
-KERNELS = ("auto", "int_mm", "float-exact", "reference")
+Kernel = Literal["auto", "int_mm", "vnni", "float-exact", "reference"]
+KERNELS = ("auto", "int_mm", "vnni", "float-exact", "reference")
 # Bounds for any int8 operand, -128 included (our quantiser stays in [-127, 127]).
 MAX_EXACT_K = (2**31 - 1) // (128 * 128)  # 131,071 terms always fit in int32
 FLOAT_EXACT_K = 2**24 // (128 * 128)  # 1,024 terms keep every float32 partial sum exact
@@ -44,15 +50,37 @@ def cpu_has_int8_dot() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
 
-def resolve_kernel(kernel: Kernel, device: torch.device | str = "cpu") -> str:
-    """The concrete kernel "auto" means on this device; other names are returned unchanged."""
+def vnni_available(device: torch.device | str = "cpu") -> bool:
+    """True where the "vnni" kernel runs: a CPU device and a C kernel built with AVX-512 VNNI."""
+    return torch.device(device).type == "cpu" and _vnni_built()
+
+
+@functools.lru_cache(maxsize=1)
+def _vnni_built() -> bool:
+    from ffint8.quant import fastsr
+
+    return fastsr.vnni_rows()
+
+
+def resolve_kernel(kernel: Kernel, device: torch.device | str = "cpu", vnni: bool = True) -> str:
+    """The concrete kernel "auto" means on this device; other names are returned unchanged.
+
+    "auto" on a CPU: vnni where it runs and PyTorch computes on one thread (oneDNN's int_mm
+    would use more), else int_mm where the CPU has an int8 dot-product unit, else float-exact.
+    vnni=False leaves vnni out of that choice (the int8 convolutions' own GEMMs, whose shapes
+    oneDNN takes as they lie)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown int8 kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
+    if kernel == "vnni" and not vnni_available(device):
+        raise ValueError("int8 kernel 'vnni' runs only on a CPU whose C kernel is built with "
+                         "AVX-512 VNNI, which this device lacks; choose auto or int_mm")
     if kernel != "auto":
         return kernel
-    if torch.device(device).type == "cuda" or cpu_has_int8_dot():
+    if torch.device(device).type == "cuda":
         return "int_mm"
-    return "float-exact"
+    if vnni and torch.get_num_threads() == 1 and vnni_available(device):
+        return "vnni"
+    return "int_mm" if cpu_has_int8_dot() else "float-exact"
 
 
 def _row_major(t: torch.Tensor) -> torch.Tensor:
@@ -83,6 +111,15 @@ def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(a, b)
 
 
+def _vnni(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    from ffint8.quant import fastsr
+
+    res = fastsr.int8_mm(a, b, out)
+    if res is None:  # resolve_kernel refuses "vnni" where it cannot run
+        raise RuntimeError("int8 kernel 'vnni': the C kernel has no VNNI loop on this machine")
+    return res
+
+
 def _float_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     k = a.shape[1]
     if k <= FLOAT_EXACT_K:
@@ -99,7 +136,7 @@ def _reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a.long(), b.long()).to(torch.int32)
 
 
-_IMPL = {"int_mm": _int_mm, "float-exact": _float_exact, "reference": _reference}
+_IMPL = {"int_mm": _int_mm, "vnni": _vnni, "float-exact": _float_exact, "reference": _reference}
 
 
 def _check_operands(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -129,6 +166,8 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor, kernel: Kernel = "auto",
                              f"{out.dtype} {tuple(out.shape)}")
         if name == "int_mm" and a.device.type == "cpu":
             return torch._int_mm(_row_major(a), _row_major(b), out=out)
+        if name == "vnni":
+            return _vnni(a, b, out)
         return out.copy_(impl(a, b))
     if k <= MAX_EXACT_K:
         return impl(a, b)

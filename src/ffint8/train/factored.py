@@ -71,9 +71,9 @@ class FactoredStep:
                      ) -> tuple[int, torch.Tensor] | None:
         """(rows, scratch) for a C kernel that forms p's gradient rows itself from k factor
         rows, rows a multiple of `multiple`; None where none can (self.vnni off, no VNNI) or
-        the run asked for one int8 kernel by name (--int8-kernel other than auto: every int8
-        GEMM then runs on it, this product too)."""
-        if not self.vnni or self.kernel != "auto":
+        the run asked for another int8 kernel by name (--int8-kernel other than auto or vnni:
+        every int8 GEMM then runs on it, this product too; vnni names these same rows)."""
+        if not self.vnni or self.kernel not in ("auto", "vnni"):
             return None
         rows = multiple * max(1, VNNI_ROWS // multiple)
         need = fastsr.factored_scratch(p, k, rows)

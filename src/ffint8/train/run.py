@@ -40,7 +40,7 @@ def kernel_description(cfg: TrainConfig, device: torch.device | str = "cpu",
     if factored:
         adam = "adam8" if cfg.optimizer == "adam8" else "Adam"
         rows = ""
-        if cfg.ff.int8_kernel == "auto" and fastsr.vnni_rows():
+        if cfg.ff.int8_kernel in ("auto", "vnni") and fastsr.vnni_rows():
             rows = "; its rows formed in C by " + ("AMX tiles" if fastsr.amx_rows() else "AVX-512 VNNI")
         text += f"; dense weights step from their int8 gradient factors (fused C {adam}{rows})"
     return text

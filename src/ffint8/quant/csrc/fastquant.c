@@ -499,6 +499,181 @@ int64_t ffq_factored_scratch(int64_t n, int64_t d, int64_t k, int64_t rows) {
 }
 
 #ifdef FFQ_VNNI
+/* gemm_rows_vnni's product by AMX tiles where they run and the depth allows, else by VNNI. */
+static void gemm_rows(const int8_t *restrict gt, int64_t kp, const uint8_t *restrict a4,
+                      const int32_t *restrict corr, int64_t rows, int64_t d,
+                      int32_t *restrict out) {
+#ifdef FFQ_AMX
+    if (amx_enabled && amx_available() && kp % 64 == 0) {
+        gemm_rows_amx(gt, kp, a4, corr, rows, d, out);
+        return;
+    }
+#endif
+    gemm_rows_vnni(gt, kp, a4, corr, rows, d, out);
+}
+
+/* a4 (kp / 4, n, 4), gemm_rows_vnni's layout, from rows 0..k-1 of b (row stride ldb, n
+ * columns): each quad of rows interleaved byte by byte, plus 128 (a sign flip of the top bit);
+ * rows from k to kp count as 0. Whole quads 16 columns at a time by SSE2 unpacks. */
+static void quads_of_rows(const int8_t *restrict b, int64_t ldb, int64_t k, int64_t n,
+                          int64_t kp, uint8_t *restrict a4) {
+    const __m128i flip = _mm_set1_epi8((char)0x80);
+    for (int64_t q = 0; q < kp / 4; q++) {
+        uint8_t *restrict dst = a4 + q * n * 4;
+        int64_t r = 4 * q, c = 0;
+        if (r + 4 <= k) {
+            const int8_t *r0 = b + r * ldb, *r1 = r0 + ldb, *r2 = r1 + ldb, *r3 = r2 + ldb;
+            for (; c + 16 <= n; c += 16) {
+                __m128i x0 = _mm_loadu_si128((const __m128i *)(r0 + c));
+                __m128i x1 = _mm_loadu_si128((const __m128i *)(r1 + c));
+                __m128i x2 = _mm_loadu_si128((const __m128i *)(r2 + c));
+                __m128i x3 = _mm_loadu_si128((const __m128i *)(r3 + c));
+                __m128i lo01 = _mm_unpacklo_epi8(x0, x1), hi01 = _mm_unpackhi_epi8(x0, x1);
+                __m128i lo23 = _mm_unpacklo_epi8(x2, x3), hi23 = _mm_unpackhi_epi8(x2, x3);
+                __m128i *o = (__m128i *)(dst + c * 4);
+                _mm_storeu_si128(o, _mm_xor_si128(_mm_unpacklo_epi16(lo01, lo23), flip));
+                _mm_storeu_si128(o + 1, _mm_xor_si128(_mm_unpackhi_epi16(lo01, lo23), flip));
+                _mm_storeu_si128(o + 2, _mm_xor_si128(_mm_unpacklo_epi16(hi01, hi23), flip));
+                _mm_storeu_si128(o + 3, _mm_xor_si128(_mm_unpackhi_epi16(hi01, hi23), flip));
+            }
+        }
+        for (; c < n; c++)
+            for (int64_t j = 0; j < 4; j++)
+                dst[c * 4 + j] = (uint8_t)((r + j < k ? b[(r + j) * ldb + c] : 0) + 128);
+    }
+}
+
+/* corr[r] = 128 * (the sum of row r of g, k int8 values, row stride ld), for rows 0..n-1: the
+ * offset gemm_rows_vnni takes back out, summed by VNNI against bytes of 1. Unsigned arithmetic:
+ * the product wraps as the dot products do, so the difference is exact wherever the true
+ * result fits in int32. */
+static void corr_of_rows(const int8_t *restrict g, int64_t ld, int64_t n, int64_t k,
+                         int32_t *restrict corr) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t r = 0; r < n; r++) {
+        const int8_t *row = g + r * ld;
+        __m512i acc = _mm512_setzero_si512();
+        int64_t j = 0;
+        for (; j + 64 <= k; j += 64)
+            acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(row + j));
+        if (j < k)
+            acc = _mm512_dpbusd_epi32(acc, ones,
+                                      _mm512_maskz_loadu_epi8((__mmask64)((1ULL << (k - j)) - 1),
+                                                              row + j));
+        corr[r] = (int32_t)((uint32_t)_mm512_reduce_add_epi32(acc) * 128u);
+    }
+}
+
+/* gt (rows, kp): `rows` rows of k int8 values (row stride ld) zero padded to kp, or src itself
+ * where its row stride is kp already: then whatever lies past k in a row meets a4's padding,
+ * b = 0 (128 in a4), and corr takes out exactly what it adds. */
+static const int8_t *padded_rows(const int8_t *src, int64_t ld, int64_t rows, int64_t k,
+                                 int64_t kp, int8_t *restrict buf) {
+    if (ld == kp) return src;
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(buf + r * kp, src + r * ld, (size_t)k);
+        memset(buf + r * kp + k, 0, (size_t)(kp - k));
+    }
+    return buf;
+}
+#endif
+
+#ifdef FFQ_VNNI
+enum { MM_CHUNK = 64 }; /* nt: columns of the transposed product formed at a time */
+
+/* ffq_int8_mm's scratch, laid out: a4 (kp * cols bytes), the padded copy of the rows operand
+ * where it is not laid out as gt already, corr (rows), and for nt the transposed product. */
+typedef struct {
+    uint8_t *a4;
+    int8_t *gbuf;
+    int32_t *corr, *outt;
+    int64_t bytes;
+} mm_scratch;
+
+static mm_scratch mm_layout(uint8_t *base, int64_t m, int64_t k, int64_t n, int nt, int64_t ld) {
+    int64_t kp = factored_depth(k), rows = nt ? n : m, cols = nt ? MM_CHUNK : n;
+    mm_scratch s;
+    uintptr_t at = (uintptr_t)base;
+    s.a4 = (uint8_t *)at;
+    at += (uintptr_t)(kp * cols);
+    s.gbuf = (int8_t *)at;
+    if (ld != kp) at += (uintptr_t)(kp * rows);
+    at = (at + 63) & ~(uintptr_t)63;
+    s.corr = (int32_t *)at;
+    at = (at + 4 * (uintptr_t)rows + 63) & ~(uintptr_t)63;
+    s.outt = (int32_t *)at;
+    if (nt) at += 4 * (uintptr_t)(MM_CHUNK * n);
+    s.bytes = (int64_t)(at - (uintptr_t)base) + 64; /* + 64: base itself may be unaligned */
+    return s;
+}
+#endif
+
+/* Bytes of scratch ffq_int8_mm needs for an (m, k) x (k, n) product whose rows operand (b for
+ * nt, a for nn) has row stride ld; 0 where this build has no VNNI loop. */
+int64_t ffq_int8_mm_scratch(int64_t m, int64_t k, int64_t n, int nt, int64_t ld) {
+#ifdef FFQ_VNNI
+    return mm_layout(NULL, m, k, n, nt, ld).bytes;
+#else
+    (void)m; (void)k; (void)n; (void)nt; (void)ld;
+    return 0;
+#endif
+}
+
+/* out (m, n) int32 = a (m, k) x b (k, n), int8, exact (k at most 131,071, so the true sums fit
+ * in int32), on the VNNI rows of the factored steps, so that no oneDNN kernel is brought in.
+ * a's rows are contiguous (row stride lda); b either row-major (row stride ldb, "nn") or the
+ * transpose of a row-major (n, k) matrix such as a weight W (b = W^T, ldb = W's row stride,
+ * "nt"). nt runs the product transposed, out^T = W a^T, so that W is gemm_rows_vnni's rows as
+ * it lies and only a (the smaller operand in a dense layer's forward) is laid out in quads,
+ * MM_CHUNK of its rows at a time (the scratch does not grow with m); nn lays out b. scratch: ffq_int8_mm_scratch bytes. Returns 0, or -1 where this build has no
+ * VNNI loop (nothing done). Single-threaded. */
+int ffq_int8_mm(const int8_t *restrict a, int64_t lda, const int8_t *restrict b, int64_t ldb,
+                int nt, int64_t m, int64_t k, int64_t n, int32_t *restrict out,
+                uint8_t *restrict scratch) {
+#ifdef FFQ_VNNI
+    int64_t kp = factored_depth(k);
+    mm_scratch s = mm_layout(scratch, m, k, n, nt, nt ? ldb : lda);
+    if (nt) {
+        const int8_t *gt = padded_rows(b, ldb, n, k, kp, s.gbuf);
+        corr_of_rows(gt, kp, n, kp, s.corr);
+        for (int64_t c0 = 0; c0 < m; c0 += MM_CHUNK) {
+            int64_t w = m - c0 < MM_CHUNK ? m - c0 : MM_CHUNK;
+            /* a4 from a's rows c0..c0+w-1: quad q of column c is a[c0 + c, 4q..4q+3] + 128 */
+            for (int64_t q = 0; q < kp / 4; q++)
+                for (int64_t c = 0; c < w; c++) {
+                    uint8_t *dst = s.a4 + (q * w + c) * 4;
+                    const int8_t *src = a + (c0 + c) * lda + 4 * q;
+                    if (4 * q + 4 <= k) {
+                        uint32_t v;
+                        memcpy(&v, src, 4);
+                        v ^= 0x80808080u;
+                        memcpy(dst, &v, 4);
+                    } else {
+                        for (int64_t j = 0; j < 4; j++)
+                            dst[j] = (uint8_t)((4 * q + j < k ? src[j] : 0) + 128);
+                    }
+                }
+            gemm_rows(gt, kp, s.a4, s.corr, n, w, s.outt); /* (n, w) */
+            for (int64_t r0 = 0; r0 < w; r0 += 16)
+                for (int64_t c = 0; c < n; c++)
+                    for (int64_t r = r0; r < r0 + 16 && r < w; r++)
+                        out[(c0 + r) * n + c] = s.outt[c * w + r];
+        }
+    } else {
+        quads_of_rows(b, ldb, k, n, kp, s.a4);
+        const int8_t *gt = padded_rows(a, lda, m, k, kp, s.gbuf);
+        corr_of_rows(gt, kp, m, kp, s.corr);
+        gemm_rows(gt, kp, s.a4, s.corr, m, n, out);
+    }
+    return 0;
+#else
+    (void)a; (void)lda; (void)b; (void)ldb; (void)nt; (void)m; (void)k; (void)n; (void)out;
+    (void)scratch;
+    return -1;
+#endif
+}
+
+#ifdef FFQ_VNNI
 /* A weight's gradient g_scale * gq^T aq, row block by row block: the factors laid out for
  * gemm_rows_vnni in scratch (gt (n, kp) = gq^T zero padded, a4, corr), then out (rows, d). */
 typedef struct {
@@ -526,12 +701,7 @@ static factored_rows factored_begin(const int8_t *restrict gq, const int8_t *res
         }
         corr[r] = 128 * sum;
     }
-    for (int64_t q = 0; q < kp / 4; q++)
-        for (int64_t c = 0; c < d; c++)
-            for (int64_t j = 0; j < 4; j++) {
-                int64_t row = 4 * q + j;
-                a4[(q * d + c) * 4 + j] = (uint8_t)((row < k ? aq[row * d + c] : 0) + 128);
-            }
+    quads_of_rows(aq, d, k, d, kp, a4);
     factored_rows it = {gt, a4, corr, corr + n, n, d, kp, rows};
     return it;
 }
@@ -540,13 +710,7 @@ static factored_rows factored_begin(const int8_t *restrict gq, const int8_t *res
 static int64_t factored_next(const factored_rows *it, int64_t r0) {
     int64_t len = it->n - r0 < it->rows ? it->n - r0 : it->rows;
     if (len <= 0) return 0;
-#ifdef FFQ_AMX
-    if (amx_enabled && amx_available() && it->kp % 64 == 0) {
-        gemm_rows_amx(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
-        return len;
-    }
-#endif
-    gemm_rows_vnni(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
+    gemm_rows(it->gt + r0 * it->kp, it->kp, it->a4, it->corr + r0, len, it->d, it->out);
     return len;
 }
 #endif
