@@ -1,7 +1,9 @@
 """Exact int8 GEMM (ffint8.quant.gemm): every kernel bit-exact against an int64 reference."""
 
 import contextlib
+import ctypes
 import io
+import shutil
 
 import pytest
 import torch
@@ -507,3 +509,27 @@ def test_out_of_the_wrong_kind_is_refused(bad):
     b = torch.zeros(8, 24, dtype=torch.int8)
     with pytest.raises(ValueError, match="out must be a contiguous int32 40 x 24"):
         int8_mm(a, b, out=bad)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler here")
+def test_a_build_without_the_vnni_loop_has_no_vnni_kernel(tmp_path, monkeypatch):
+    # -DFFQ_PORTABLE builds the C kernel as on a Jetson or an AVX2 laptop: no VNNI loop, so
+    # fastsr.int8_mm does nothing, "vnni" is refused by name and auto does not pick it
+    from ffint8.quant import fastsr
+
+    assert fastsr._compile(tmp_path / "portable.so", ("-DFFQ_PORTABLE",))
+    lib = fastsr.declare(ctypes.CDLL(str(tmp_path / "portable.so")))
+    assert lib.ffq_int8_mm_scratch(64, 784, 1000, 1, 784) == 0
+    monkeypatch.setattr(fastsr, "_library", lambda: lib)
+    gemm._vnni_built.cache_clear()
+    try:
+        a, b = torch.ones(2, 3, dtype=torch.int8), torch.ones(3, 4, dtype=torch.int8)
+        assert fastsr.int8_mm(a, b) is None
+        assert not gemm.vnni_available()
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        assert resolve_kernel("auto", "cpu") in ("int_mm", "float-exact")
+        with pytest.raises(ValueError, match="'vnni' runs only on a CPU"):
+            resolve_kernel("vnni")
+    finally:
+        monkeypatch.undo()
+        gemm._vnni_built.cache_clear()
