@@ -415,9 +415,10 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
             ) -> torch.Tensor | None:
     """The exact int32 product a @ b of int8 CPU matrices a (M, K) and b (K, N), K at most
     VNNI_MM_MAX_K, by the C kernel's VNNI rows (one thread); into out (a contiguous int32 (M, N)
-    tensor) where given. None where this build has no VNNI loop (vnni_rows() is False)."""
+    tensor) where given. None where this build has no VNNI loop (vnni_rows() is False): its
+    scratch size is then 0, which is the check made here, so no second C call is spent on it."""
     lib = _library()
-    if lib is None or not vnni_rows():
+    if lib is None:
         return None
     (m, k), n = a.shape, b.shape[1]
     if k > VNNI_MM_MAX_K:
@@ -428,13 +429,16 @@ def int8_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
     if layout is None:
         b = b.contiguous()
         layout = b.stride(0), 0
+    lda = max(a.stride(0), k)
+    ldb, nt = layout
+    nbytes = lib.ffq_int8_mm_scratch(m, k, n, nt, ldb if nt else lda)
+    if nbytes == 0:  # no VNNI loop in this build
+        return None
     if out is None:
         out = torch.empty(m, n, dtype=torch.int32)
     if m == 0 or n == 0:
         return out
-    lda = max(a.stride(0), k)
-    ldb, nt = layout
-    scratch = _workspace(lib.ffq_int8_mm_scratch(m, k, n, nt, ldb if nt else lda))
+    scratch = _workspace(nbytes)
     lib.ffq_int8_mm(a.data_ptr(), lda, b.data_ptr(), ldb, nt, m, k, n, out.data_ptr(),
                     scratch.data_ptr())
     return out

@@ -370,7 +370,8 @@ static void gemm_rows_vnni(const int8_t *restrict gt, int64_t kp, const uint8_t 
         __mmask16 mask[4];
         for (int j = 0; j < 4; j++) {
             int64_t left = d - c - 16 * j;
-            mask[j] = left >= 16 ? (__mmask16)0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            mask[j] = left >= 16 ? (__mmask16)0xffff
+                    : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
         }
         int64_t r = 0;
         for (; r + 4 <= rows; r += 4)
@@ -625,8 +626,9 @@ int64_t ffq_int8_mm_scratch(int64_t m, int64_t k, int64_t n, int nt, int64_t ld)
  * transpose of a row-major (n, k) matrix such as a weight W (b = W^T, ldb = W's row stride,
  * "nt"). nt runs the product transposed, out^T = W a^T, so that W is gemm_rows_vnni's rows as
  * it lies and only a (the smaller operand in a dense layer's forward) is laid out in quads,
- * MM_CHUNK of its rows at a time (the scratch does not grow with m); nn lays out b. scratch: ffq_int8_mm_scratch bytes. Returns 0, or -1 where this build has no
- * VNNI loop (nothing done). Single-threaded. */
+ * MM_CHUNK of its rows at a time (the scratch does not grow with m); nn lays out b.
+ * scratch: ffq_int8_mm_scratch bytes. Returns 0, or -1 where this build has no VNNI loop
+ * (nothing done). Single-threaded. */
 int ffq_int8_mm(const int8_t *restrict a, int64_t lda, const int8_t *restrict b, int64_t ldb,
                 int nt, int64_t m, int64_t k, int64_t n, int32_t *restrict out,
                 uint8_t *restrict scratch) {
@@ -766,7 +768,8 @@ float ffq_adam8_factored(float *restrict p, int64_t n, int64_t d, const int8_t *
 static inline __attribute__((always_inline)) float adam_pass(
         float *restrict p, float *restrict m, float *restrict v, const int32_t *restrict acc,
         const float *restrict gf, const int use_acc, int64_t n, float g_scale, float w1,
-        float b2, float w2, float neg_step, float root_c2, float eps, float wd, float decay, float amax_in) {
+        float b2, float w2, float neg_step, float root_c2, float eps, float wd, float decay,
+        float amax_in) {
     uint32_t top = abs_bits(amax_in);
     for (int64_t i = 0; i < n; i++) {
         float pi = p[i];
@@ -1063,7 +1066,8 @@ float ffq_ff_unit_grad(const float *restrict y, int64_t rows, int64_t cols,
     int key = (pcol != NULL) * 4 + (sig != NULL) * 2 + (down != NULL);
     switch (key) {
 #define FFQ_UNIT_GRAD(k, p, s, d) \
-    case k: return unit_grad(y, rows, cols, crow, pcol, sig, lam, gz, down, bias, amax_down, p, s, d);
+    case k: \
+        return unit_grad(y, rows, cols, crow, pcol, sig, lam, gz, down, bias, amax_down, p, s, d);
         FFQ_UNIT_GRAD(0, 0, 0, 0)
         FFQ_UNIT_GRAD(1, 0, 0, 1)
         FFQ_UNIT_GRAD(2, 0, 1, 0)
