@@ -32,8 +32,7 @@ def block_scales(x: torch.Tensor, block: int) -> torch.Tensor:
         raise ValueError(f"block-wise storage takes a flat vector whose length is a multiple of "
                          f"{block}, got shape {tuple(x.shape)}")
     scale = x.reshape(-1, block).abs().amax(1) / FP8_MAX
-    tiny = torch.tensor(TINY, device=x.device)
-    return torch.where(scale >= tiny, scale, tiny)  # NaN (a NaN or Inf in the block) too
+    return torch.where(scale >= TINY, scale, TINY)  # NaN (a NaN or Inf in the block) too
 
 
 def round_mantissa_stochastic(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
